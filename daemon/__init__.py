@@ -1,0 +1,2 @@
+"""imgtrain: the photo-ingest daemon."""
+__version__ = "0.1.0"

@@ -1,0 +1,261 @@
+"""One pydantic model for all settings, loaded once from config.yaml.
+
+Environment variables override keys: IMGTRAIN_<SECTION>__<KEY>=value (for
+example IMGTRAIN_CLIP__BATCH_SIZE=16, IMGTRAIN_INBOX_DIR=/srv/inbox). Values
+are parsed as YAML scalars, so "true", "16" and "0.5" get their natural types.
+Relative directories are resolved against the directory holding the config
+file, so a service and a shell see the same paths.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from daemon.errors import ConfigError
+
+ENV_PREFIX = "IMGTRAIN_"
+CONFIG_ENV = "IMGTRAIN_CONFIG"
+PHASE_NAMES = ("embedding", "faces", "clustering")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InboxConfig(_Section):
+    settle_seconds: float = Field(5.0, ge=0)
+    scan_interval_seconds: float = Field(1.0, gt=0, le=60)
+    rescan_seconds: float = Field(60.0, gt=0)
+    polling: bool = False
+    ignore: list[str] = Field(default_factory=list)
+
+
+class StatusConfig(_Section):
+    heartbeat_seconds: float = Field(10.0, gt=0)
+    busy_interval_seconds: float = Field(1.0, gt=0, le=10)
+    max_errors: int = Field(50, ge=1, le=1000)
+    stale_after_seconds: float = Field(30.0, gt=0)
+
+
+class QueueConfig(_Section):
+    max_retries: int = Field(3, ge=0)
+    control_poll_seconds: float = Field(0.5, gt=0)
+
+
+class DecodeConfig(_Section):
+    workers: int = Field(2, ge=1, le=32)
+    max_side: int = Field(1600, ge=224)
+    min_side: int = Field(8, ge=1)
+    max_image_pixels: int = Field(178_956_970, ge=1)
+
+
+class ClipConfig(_Section):
+    model: str = "ViT-B-32"
+    pretrained: str = "laion2b_s34b_b79k"
+    model_config_path: str | None = Field(None, alias="model_config")
+    batch_size: int = Field(32, ge=1, le=1024)
+    threads: int = Field(0, ge=0)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    cache_dir: str | None = None
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class FacesConfig(_Section):
+    model_pack: str = "buffalo_l"
+    model_root: str = "~/.insightface"
+    model_dir: str | None = None
+    detector: str | None = None
+    download: bool = True
+    det_size: int = Field(640, ge=64, le=2048)
+    min_confidence: float = Field(0.5, ge=0, le=1)
+    min_face_size: int = Field(20, ge=1)
+    threads: int = Field(0, ge=0)
+
+
+class ClusteringConfig(_Section):
+    min_cluster_size: int = Field(3, ge=2)
+    min_samples: int | None = Field(None, ge=1)
+    assign_threshold: float = Field(0.5, ge=-1, le=1)
+    suggest_threshold: float = Field(0.4, ge=-1, le=1)
+    attach_threshold: float = Field(0.5, ge=-1, le=1)
+    min_faces: int = Field(3, ge=1)
+    pool_max: int = Field(20_000, ge=10)
+    pca_dims: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> ClusteringConfig:
+        if self.suggest_threshold > self.assign_threshold:
+            raise ValueError(
+                f"suggest_threshold ({self.suggest_threshold}) must not exceed "
+                f"assign_threshold ({self.assign_threshold})"
+            )
+        return self
+
+
+class StoreConfig(_Section):
+    url: str | None = None
+    path: str | None = None
+    hnsw_ef_search: int = Field(100, ge=10)
+    hnsw_ef_construction: int = Field(200, ge=10)
+    hnsw_max_neighbors: int = Field(32, ge=4)
+
+
+class ModelsConfig(_Section):
+    retry_seconds: float = Field(60.0, gt=0)
+
+
+class Config(_Section):
+    inbox_dir: Path = Path("inbox")
+    data_dir: Path = Path("data")
+    status_dir: Path = Path("status")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    phases: list[Literal["embedding", "faces", "clustering"]] = Field(
+        default_factory=lambda: list(PHASE_NAMES)
+    )
+    inbox: InboxConfig = Field(default_factory=InboxConfig)
+    status: StatusConfig = Field(default_factory=StatusConfig)
+    queue: QueueConfig = Field(default_factory=QueueConfig)
+    decode: DecodeConfig = Field(default_factory=DecodeConfig)
+    clip: ClipConfig = Field(default_factory=ClipConfig)
+    faces: FacesConfig = Field(default_factory=FacesConfig)
+    clustering: ClusteringConfig = Field(default_factory=ClusteringConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    models: ModelsConfig = Field(default_factory=ModelsConfig)
+
+    @model_validator(mode="after")
+    def _phase_order(self) -> Config:
+        if len(set(self.phases)) != len(self.phases):
+            raise ValueError(f"phases lists a phase twice: {self.phases}")
+        if "clustering" in self.phases and "faces" not in self.phases:
+            raise ValueError("phases: clustering needs faces")
+        return self
+
+    # Derived locations: one place decides where things live.
+    @property
+    def batches_dir(self) -> Path:
+        return self.data_dir / "batches"
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.data_dir / "ledger.sqlite3"
+
+    @property
+    def chroma_path(self) -> Path:
+        return Path(self.store.path) if self.store.path else self.data_dir / "chroma"
+
+    @property
+    def status_path(self) -> Path:
+        return self.status_dir / "training_status.json"
+
+    @property
+    def schema_path(self) -> Path:
+        return self.status_dir / "training_status.schema.json"
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+            continue
+        keys = name[len(ENV_PREFIX) :].lower().split("__")
+        node = out
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        try:
+            node[keys[-1]] = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            node[keys[-1]] = raw
+    return out
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _describe(err: ValidationError, source: str) -> str:
+    parts = []
+    for item in err.errors():
+        key = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            parts.append(f"{key}: unknown key")
+        else:
+            parts.append(f"{key}: {item['msg']} (got {item.get('input')!r})")
+    return f"{source}: " + "; ".join(parts)
+
+
+def resolve_config_path(cli_path: str | Path | None, environ: Mapping[str, str] | None = None) -> Path:
+    environ = os.environ if environ is None else environ
+    if cli_path:
+        return Path(cli_path)
+    if environ.get(CONFIG_ENV):
+        return Path(environ[CONFIG_ENV])
+    return Path("config.yaml")
+
+
+def load_config(
+    path: str | Path | None = None, environ: Mapping[str, str] | None = None
+) -> Config:
+    """Build the one Config for this process. Raises ConfigError naming the key."""
+    environ = os.environ if environ is None else environ
+    cfg_path = resolve_config_path(path, environ)
+    data: dict[str, Any] = {}
+    if cfg_path.exists():
+        try:
+            loaded = yaml.safe_load(cfg_path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{cfg_path}: not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{cfg_path}: the top level must be a mapping of keys")
+        data = loaded or {}
+    elif path is not None or environ.get(CONFIG_ENV):
+        raise ConfigError(f"config file {cfg_path} does not exist", hint="Pass an existing file.")
+    data = _merge(data, _env_overrides(environ))
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, str(cfg_path))) from exc
+    base = cfg_path.resolve().parent
+
+    def absolute(p: Path) -> Path:
+        p = p.expanduser()
+        return p if p.is_absolute() else base / p
+
+    def opt(value: str | None) -> str | None:
+        return None if value is None else str(absolute(Path(value)))
+
+    pretrained = cfg.clip.pretrained
+    if "/" in pretrained or pretrained.endswith((".pt", ".bin", ".safetensors", ".pth")):
+        pretrained = str(absolute(Path(pretrained)))
+    clip = cfg.clip.model_copy(
+        update={
+            "model_config_path": opt(cfg.clip.model_config_path),
+            "cache_dir": opt(cfg.clip.cache_dir),
+            "pretrained": pretrained,
+        }
+    )
+    faces = cfg.faces.model_copy(
+        update={"model_dir": opt(cfg.faces.model_dir), "model_root": opt(cfg.faces.model_root)}
+    )
+    store = cfg.store.model_copy(update={"path": opt(cfg.store.path)})
+    updates: dict[str, Any] = {
+        "inbox_dir": absolute(cfg.inbox_dir),
+        "data_dir": absolute(cfg.data_dir),
+        "status_dir": absolute(cfg.status_dir),
+        "clip": clip,
+        "faces": faces,
+        "store": store,
+    }
+    return cfg.model_copy(update=updates)

@@ -1,0 +1,125 @@
+"""Typed errors with stable codes.
+
+Every error the daemon reports to a person carries a `code` that never changes
+meaning (scripts match on it), a message saying what went wrong, and a `hint`
+saying what to do about it. Only the service's main loop catches broad
+exceptions; everything else raises one of these.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Code(StrEnum):
+    CONFIG_INVALID = "CONFIG_INVALID"
+    MODEL_UNAVAILABLE = "MODEL_UNAVAILABLE"
+    MODEL_MISMATCH = "MODEL_MISMATCH"
+    UNREADABLE_IMAGE = "UNREADABLE_IMAGE"
+    UNSUPPORTED_FORMAT = "UNSUPPORTED_FORMAT"
+    IMAGE_TOO_LARGE = "IMAGE_TOO_LARGE"
+    IMAGE_TOO_SMALL = "IMAGE_TOO_SMALL"
+    SYMLINK_SKIPPED = "SYMLINK_SKIPPED"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
+    NO_IMAGES = "NO_IMAGES"
+    INSUFFICIENT_DATA = "INSUFFICIENT_DATA"
+    NOT_FOUND = "NOT_FOUND"
+    INVALID_STATE = "INVALID_STATE"
+    DISK_FULL = "DISK_FULL"
+    STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
+    BATCH_FAILED = "BATCH_FAILED"
+    CANCELLED = "CANCELLED"
+    INTERNAL = "INTERNAL"
+
+
+class ImgtrainError(Exception):
+    """Base of every error the daemon raises on purpose."""
+
+    code: Code = Code.INTERNAL
+    default_hint: str = "See the daemon's log (journalctl -u imgtrain) for details."
+
+    def __init__(self, message: str, *, hint: str | None = None, path: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint or self.default_hint
+        self.path = path
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message} ({self.hint})"
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {"code": str(self.code), "message": self.message, "hint": self.hint, "file": self.path}
+
+
+class ConfigError(ImgtrainError):
+    code = Code.CONFIG_INVALID
+    default_hint = "Fix the named key in config.yaml (every key is documented in README.md)."
+
+
+class ModelUnavailable(ImgtrainError):
+    code = Code.MODEL_UNAVAILABLE
+    default_hint = "Put the model files where the message says, then send SIGHUP (systemctl reload imgtrain)."
+
+
+class ModelMismatch(ImgtrainError):
+    code = Code.MODEL_MISMATCH
+
+
+class ImageError(ImgtrainError):
+    """A single photo could not be used; the batch goes on without it."""
+
+    code = Code.UNREADABLE_IMAGE
+    default_hint = "The photo was skipped; check that the file opens in an image viewer."
+
+
+class UnreadableImage(ImageError):
+    code = Code.UNREADABLE_IMAGE
+
+
+class UnsupportedFormat(ImageError):
+    code = Code.UNSUPPORTED_FORMAT
+    default_hint = "Convert the file to JPEG, PNG, WebP, TIFF, BMP or GIF."
+
+
+class ImageTooLarge(ImageError):
+    code = Code.IMAGE_TOO_LARGE
+    default_hint = "Raise decode.max_image_pixels in config.yaml if this photo is genuine."
+
+
+class ImageTooSmall(ImageError):
+    code = Code.IMAGE_TOO_SMALL
+    default_hint = "Photos smaller than decode.min_side pixels are skipped."
+
+
+class InsufficientData(ImgtrainError):
+    code = Code.INSUFFICIENT_DATA
+
+
+class NotFound(ImgtrainError):
+    code = Code.NOT_FOUND
+    default_hint = "List what exists with `imgtrain queue` or `imgtrain people`."
+
+
+class InvalidState(ImgtrainError):
+    code = Code.INVALID_STATE
+
+
+class StoreUnavailable(ImgtrainError):
+    code = Code.STORE_UNAVAILABLE
+    default_hint = "Check store.url in config.yaml and that the Chroma server is running."
+
+
+class DiskFull(ImgtrainError):
+    code = Code.DISK_FULL
+    default_hint = "Free space on the disk holding the status/data directory; the daemon retries."
+
+
+class Cancelled(ImgtrainError):
+    """Raised inside a batch when someone ran `imgtrain queue cancel`."""
+
+    code = Code.CANCELLED
+    default_hint = "Run `imgtrain queue retry ID` to finish the batch later."
+
+
+class Interrupted(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """Raised at a step boundary when the daemon is shutting down; the batch resumes on restart."""

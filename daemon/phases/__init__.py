@@ -1,0 +1,1 @@
+"""Phases: one module per phase behind the interface in base.py."""

@@ -1,0 +1,125 @@
+"""The one small interface every phase implements.
+
+Two kinds of phase, run in a fixed order by the pipeline:
+
+* An image phase (`ImagePhase`: embedding, faces) is handed chunks of images
+  that the pipeline decoded once for all image phases. It calls `report(1)` as
+  each image finishes (success or a per-file failure) so progress is exact,
+  and returns one `ImageOutcome` per image.
+* A batch phase (`BatchPhase`: clustering) runs once per batch after the image
+  phases and reports its declared sub-steps.
+
+Phases write their vectors to the store themselves (idempotent upserts keyed
+by content hash), and the pipeline then records each outcome in the ledger in
+one transaction, so a crash between the two repeats the upsert and never
+duplicates anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from daemon.config import Config
+
+Report = Callable[[int], None]
+
+
+class PhaseName(StrEnum):
+    EMBEDDING = "embedding"
+    FACES = "faces"
+    CLUSTERING = "clustering"
+
+
+class ImageState(StrEnum):
+    """Per-image, per-phase state in the ledger."""
+
+    PENDING = "pending"
+    DONE = "done"
+    NO_FACES = "no_faces"  # analysed, nothing found: never redone
+    FAILED = "failed"
+    SKIPPED = "skipped"  # phase disabled, or a duplicate of another image
+
+
+TERMINAL_IMAGE_STATES = frozenset(
+    {ImageState.DONE, ImageState.NO_FACES, ImageState.FAILED, ImageState.SKIPPED}
+)
+
+
+@dataclass(frozen=True)
+class BatchInfo:
+    batch_id: int
+    name: str  # the dropped folder's name
+    path: Path  # permanent home under data/batches (or the claimed symlink)
+
+
+@dataclass
+class DecodedImage:
+    """One photo, decoded once for every image phase."""
+
+    image_id: int  # ledger row id
+    sha256: str
+    path: Path  # absolute path of the original
+    rel_path: str  # path inside the batch folder
+    image: Image.Image  # RGB, EXIF-rotated, possibly reduced by JPEG draft mode
+    width: int  # original (upright) width in pixels
+    height: int  # original (upright) height in pixels
+    scale: float  # decoded size / original size (<= 1.0)
+    captured_at: str | None = None  # EXIF DateTimeOriginal as ISO-8601, when present
+    pending: frozenset[str] = frozenset()  # the phases that still have to process it
+
+
+@dataclass
+class ImageOutcome:
+    image_id: int
+    state: ImageState
+    error_code: str | None = None
+    message: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)  # e.g. {"faces": 2}
+
+
+@dataclass
+class PhaseContext:
+    """What a phase may use. Built once by the service and passed down."""
+
+    config: Config
+    store: Any  # daemon.store.Store
+    ledger: Any  # daemon.queue.Ledger
+    models: Any  # daemon.models.ModelRegistry
+
+
+class ImagePhase(Protocol):
+    name: PhaseName
+
+    def setup(self, ctx: PhaseContext) -> None:
+        """Load models (once; later calls are cheap). Raises ModelUnavailable."""
+
+    def process(
+        self, batch: BatchInfo, images: list[DecodedImage], report: Report
+    ) -> list[ImageOutcome]:
+        """Process the images; call report(1) as each finishes."""
+        ...
+
+    def cleanup(self) -> None:
+        """Release per-batch resources; models stay loaded."""
+
+
+class BatchPhase(Protocol):
+    name: PhaseName
+
+    def setup(self, ctx: PhaseContext) -> None: ...
+
+    def total_steps(self, batch: BatchInfo) -> int:
+        """How many sub-steps run() will report. Fixed before it starts."""
+        ...
+
+    def run(self, batch: BatchInfo, report: Report, describe: Callable[[str], None]) -> None:
+        """Do the work, calling report(1) per sub-step and describe(text) as each starts."""
+
+    def cleanup(self) -> None: ...
