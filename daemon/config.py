@@ -196,7 +196,9 @@ def _describe(err: ValidationError, source: str) -> str:
     return f"{source}: " + "; ".join(parts)
 
 
-def resolve_config_path(cli_path: str | Path | None, environ: Mapping[str, str] | None = None) -> Path:
+def resolve_config_path(
+    cli_path: str | Path | None, environ: Mapping[str, str] | None = None
+) -> Path:
     environ = os.environ if environ is None else environ
     if cli_path:
         return Path(cli_path)
@@ -205,9 +207,7 @@ def resolve_config_path(cli_path: str | Path | None, environ: Mapping[str, str] 
     return Path("config.yaml")
 
 
-def load_config(
-    path: str | Path | None = None, environ: Mapping[str, str] | None = None
-) -> Config:
+def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
     """Build the one Config for this process. Raises ConfigError naming the key."""
     environ = os.environ if environ is None else environ
     cfg_path = resolve_config_path(path, environ)

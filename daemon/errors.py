@@ -48,7 +48,12 @@ class ImgtrainError(Exception):
         return f"{self.code}: {self.message} ({self.hint})"
 
     def as_dict(self) -> dict[str, str | None]:
-        return {"code": str(self.code), "message": self.message, "hint": self.hint, "file": self.path}
+        return {
+            "code": str(self.code),
+            "message": self.message,
+            "hint": self.hint,
+            "file": self.path,
+        }
 
 
 class ConfigError(ImgtrainError):
@@ -58,7 +63,9 @@ class ConfigError(ImgtrainError):
 
 class ModelUnavailable(ImgtrainError):
     code = Code.MODEL_UNAVAILABLE
-    default_hint = "Put the model files where the message says, then send SIGHUP (systemctl reload imgtrain)."
+    default_hint = (
+        "Put the model files where the message says, then send SIGHUP (systemctl reload imgtrain)."
+    )
 
 
 class ModelMismatch(ImgtrainError):
@@ -121,5 +128,5 @@ class Cancelled(ImgtrainError):
     default_hint = "Run `imgtrain queue retry ID` to finish the batch later."
 
 
-class Interrupted(Exception):  # noqa: N818 - a control-flow signal, not an error
+class Interrupted(Exception):
     """Raised at a step boundary when the daemon is shutting down; the batch resumes on restart."""

@@ -31,7 +31,9 @@ class BatchSummary:
 
     @property
     def images_per_second(self) -> float | None:
-        return round(self.processed / self.seconds, 3) if self.seconds > 0 and self.processed else None
+        return (
+            round(self.processed / self.seconds, 3) if self.seconds > 0 and self.processed else None
+        )
 
 
 def batch_summary(ledger: Ledger, batch_id: int) -> BatchSummary:

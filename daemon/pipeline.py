@@ -18,8 +18,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -206,9 +206,13 @@ class Pipeline:
             if not todo:
                 continue
             self._start_phase(info, phase.name)
-            outcomes = phase.process(info, todo, lambda n, p=phase.name: self.progress.advance(p, n))
+            outcomes = phase.process(
+                info, todo, lambda n, p=phase.name: self.progress.advance(p, n)
+            )
             if len(outcomes) != len(todo):
-                raise RuntimeError(f"{phase.name} returned {len(outcomes)} outcomes for {len(todo)}")
+                raise RuntimeError(
+                    f"{phase.name} returned {len(outcomes)} outcomes for {len(todo)}"
+                )
             self.ledger.record_outcomes(info.batch_id, phase.name, outcomes)
         for d in decoded:
             d.image.close()
@@ -258,7 +262,10 @@ class Pipeline:
         phase.run(info, report, describe)
         self.progress.phase_finished(name, PhaseStatus.COMPLETED)
         self.ledger.set_batch_phase(
-            info.batch_id, name, PhaseState.COMPLETED, step=count.step,
+            info.batch_id,
+            name,
+            PhaseState.COMPLETED,
+            step=count.step,
             add_seconds=time.monotonic() - t0,
         )
         self.poke()

@@ -12,6 +12,7 @@ Truthfulness rules kept here, in one place:
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import threading
@@ -79,7 +80,9 @@ class PhaseCount:
 
     def view(self) -> PhaseProgress:
         total = self.total
-        if self.status == PhaseStatus.COMPLETED or (total == 0 and self.status != PhaseStatus.PENDING):
+        if self.status == PhaseStatus.COMPLETED or (
+            total == 0 and self.status != PhaseStatus.PENDING
+        ):
             pct = 100.0 if self.status == PhaseStatus.COMPLETED else 0.0
         else:
             pct = 100.0 * self.step / total if total else 0.0
@@ -153,7 +156,9 @@ class Progress:
     def set_errors(self, rows: list[ErrorRow]) -> None:
         with self._lock:
             self.errors = [
-                ErrorEntry(at=r.at, code=r.code, message=r.message, file=r.file, batch_id=r.batch_id)
+                ErrorEntry(
+                    at=r.at, code=r.code, message=r.message, file=r.file, batch_id=r.batch_id
+                )
                 for r in rows[: self._max_errors]
             ]
 
@@ -235,14 +240,15 @@ class Progress:
         return active[-1] if active else None
 
     def _observe_throughput(self, now: float, n: int) -> None:
-        if self._tp_at is None:
-            self._tp_at = now - max(self.costs.cost(self.phase or "faces") * n, 1e-3)
+        """Exponentially smoothed images/s, with a time constant of THROUGHPUT_TAU seconds."""
+        if self._tp_at is None:  # the first report only starts the clock
+            self._tp_at = now
+            return
         dt = max(now - self._tp_at, 1e-3)
         rate = n / dt
-        alpha = 1.0 - pow(2.718281828, -dt / THROUGHPUT_TAU)
-        self._throughput = rate if self._throughput is None else (
-            self._throughput + alpha * (rate - self._throughput)
-        )
+        alpha = 1.0 - math.exp(-dt / THROUGHPUT_TAU)
+        prev = self._throughput
+        self._throughput = rate if prev is None else prev + alpha * (rate - prev)
         self._tp_at = now
 
     # -- building the status ---------------------------------------------------
@@ -270,8 +276,12 @@ class Progress:
         self._floor = pct
         remaining = max(total_work - done_work, 0.0)
         eta_at = utcnow() + timedelta(seconds=remaining)
-        return done_steps, total_steps, OverallProgress(
-            percentage=round(pct, 1), eta_seconds=round(remaining, 1), eta_at=eta_at
+        return (
+            done_steps,
+            total_steps,
+            OverallProgress(
+                percentage=round(pct, 1), eta_seconds=round(remaining, 1), eta_at=eta_at
+            ),
         )
 
     def snapshot(self) -> Status:
@@ -334,7 +344,7 @@ class Progress:
             )
 
 
-def _process():  # noqa: ANN202 - psutil.Process, imported lazily
+def _process():
     import psutil
 
     proc = psutil.Process()

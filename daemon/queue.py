@@ -22,6 +22,7 @@ from daemon.errors import InvalidState, NotFound
 from daemon.phases.base import ImageState
 from daemon.schema import SCHEMA, SCHEMA_VERSION
 
+
 class BatchState(StrEnum):
     CLAIMING = "claiming"  # id reserved, folder being moved and hashed
     WAITING = "waiting"
@@ -100,8 +101,9 @@ class Ledger:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        # executescript commits on its own, so the schema is not inside transaction().
+        self.conn.executescript(SCHEMA)
         with self.transaction() as conn:
-            conn.executescript(SCHEMA)
             conn.execute(
                 "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
                 (str(SCHEMA_VERSION),),
@@ -170,7 +172,9 @@ class Ledger:
         """
         now = time.time()
         with self.transaction() as conn:
-            state = conn.execute("SELECT state FROM batches WHERE batch_id=?", (batch_id,)).fetchone()
+            state = conn.execute(
+                "SELECT state FROM batches WHERE batch_id=?", (batch_id,)
+            ).fetchone()
             if state is None or state["state"] != BatchState.CLAIMING:
                 return  # already finished by an earlier attempt
             conn.execute("DELETE FROM images WHERE batch_id=?", (batch_id,))
@@ -206,7 +210,11 @@ class Ledger:
             for phase in ("embedding", "faces", "clustering"):
                 conn.execute(
                     "INSERT OR REPLACE INTO batch_phases(batch_id, phase, state) VALUES (?,?,?)",
-                    (batch_id, phase, PhaseState.PENDING if phase in phases else PhaseState.SKIPPED),
+                    (
+                        batch_id,
+                        phase,
+                        PhaseState.PENDING if phase in phases else PhaseState.SKIPPED,
+                    ),
                 )
             conn.execute(
                 "UPDATE batches SET state=?, queued_at=? WHERE batch_id=?",
@@ -315,7 +323,8 @@ class Ledger:
     def save_phase_cost(self, phase: str, seconds_per_step: float, samples: int) -> None:
         with self.transaction() as conn:
             conn.execute(
-                "INSERT OR REPLACE INTO phase_costs(phase, seconds_per_step, samples) VALUES (?,?,?)",
+                "INSERT OR REPLACE INTO phase_costs(phase, seconds_per_step, samples)"
+                " VALUES (?,?,?)",
                 (phase, seconds_per_step, samples),
             )
 
@@ -326,12 +335,15 @@ class Ledger:
             row = conn.execute("SELECT run_id FROM runs WHERE ended_at IS NULL").fetchone()
             if row is None:
                 run_id = int(
-                    conn.execute("INSERT INTO runs(started_at) VALUES (?)", (time.time(),)).lastrowid
+                    conn.execute(
+                        "INSERT INTO runs(started_at) VALUES (?)", (time.time(),)
+                    ).lastrowid
                 )
             else:
                 run_id = int(row["run_id"])
             conn.execute(
-                "UPDATE batches SET run_id=? WHERE run_id IS NULL AND state IN ('waiting','running')",
+                "UPDATE batches SET run_id=? WHERE run_id IS NULL"
+                " AND state IN ('waiting','running')",
                 (run_id,),
             )
             return run_id
@@ -404,7 +416,8 @@ class Ledger:
         with self.transaction() as conn:
             for o in outcomes:
                 conn.execute(
-                    "UPDATE image_phases SET state=?, error_code=?, message=?, detail=?, updated_at=?"
+                    "UPDATE image_phases SET state=?, error_code=?, message=?, detail=?,"
+                    " updated_at=?"
                     " WHERE image_id=? AND phase=?",
                     (
                         o.state,
@@ -423,7 +436,14 @@ class Ledger:
                     conn.execute(
                         "INSERT INTO errors(at, batch_id, image_id, file, code, message)"
                         " VALUES (?,?,?,?,?,?)",
-                        (now, batch_id, o.image_id, rel and rel["rel_path"], o.error_code, o.message),
+                        (
+                            now,
+                            batch_id,
+                            o.image_id,
+                            rel and rel["rel_path"],
+                            o.error_code,
+                            o.message,
+                        ),
                     )
 
     def set_batch_phase(
@@ -439,7 +459,8 @@ class Ledger:
         with self.transaction() as conn:
             conn.execute(
                 "UPDATE batch_phases SET state=?, step=COALESCE(?, step),"
-                " total_steps=COALESCE(?, total_steps), seconds=seconds+? WHERE batch_id=? AND phase=?",
+                " total_steps=COALESCE(?, total_steps), seconds=seconds+?"
+                " WHERE batch_id=? AND phase=?",
                 (state, step, total_steps, add_seconds, batch_id, phase),
             )
 
@@ -448,6 +469,12 @@ class Ledger:
             r["phase"]: r
             for r in self.query("SELECT * FROM batch_phases WHERE batch_id=?", (batch_id,))
         }
+
+    def add_batch_seconds(self, batch_id: int, seconds: float) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE batches SET seconds=seconds+? WHERE batch_id=?", (seconds, batch_id)
+            )
 
     def finish_batch(
         self,

@@ -140,7 +140,9 @@ class Status(_Model):
     current_file: str | None = Field(None, description="the dropped folder's name")
     batch_id: int | None = None
     batch_number: int | None = Field(None, description="position of this batch in the run, 1-based")
-    batch_queue_size: int | None = Field(None, description="batches in the run: done+current+waiting")
+    batch_queue_size: int | None = Field(
+        None, description="batches in the run: done+current+waiting"
+    )
     batch_step: int | None = Field(None, description="steps of the current batch done")
     batch_total_steps: int | None = Field(None, description="steps of the current batch")
     phase: str | None = Field(None, description="the phase running now")
@@ -236,7 +238,9 @@ class StatusWriter:
                 if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                     raise
                 if not self.disk_full:
-                    log.error("status file not updated: disk full (%s); the previous one is intact", exc)
+                    log.error(
+                        "status file not updated: disk full (%s); the previous one is intact", exc
+                    )
                 self.disk_full = True
                 return False
             finally:

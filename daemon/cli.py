@@ -1,0 +1,63 @@
+"""The `imgtrain` command: parses arguments and dispatches to one module per action.
+
+Exit codes: 0 ok, 1 an error (printed as one line: code, message, what to
+do), 2 bad usage, 78 invalid configuration (EX_CONFIG).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from daemon import __version__
+from daemon.errors import ConfigError, ImgtrainError
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CONFIG = 0, 1, 2, 78
+
+# Each module in daemon/commands/ offers add_parser(subparsers) and run(args) -> int.
+COMMANDS = ("run", "status", "search", "people", "queue", "doctor")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="imgtrain",
+        description="Photo-ingest daemon: CLIP search, faces and people for a photo inbox.",
+    )
+    parser.add_argument("--version", action="version", version=f"imgtrain {__version__}")
+    parser.add_argument(
+        "--config",
+        "-c",
+        default=None,
+        help="config file (default: $IMGTRAIN_CONFIG, else ./config.yaml)",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"daemon.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"daemon.commands.{name}":
+                raise
+            continue
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or EXIT_OK)
+    except ConfigError as exc:
+        print(f"imgtrain: {exc.code}: {exc.message}\n  -> {exc.hint}", file=sys.stderr)
+        return EXIT_CONFIG
+    except ImgtrainError as exc:
+        print(f"imgtrain: {exc.code}: {exc.message}\n  -> {exc.hint}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per `imgtrain` action (borgmatic style): add_parser(subparsers) and run(args)."""

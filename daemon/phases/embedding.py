@@ -1,0 +1,59 @@
+"""Phase 1: CLIP image embeddings into the `images` collection.
+
+Ids are the image's SHA-256, so a resumed or retried batch upserts the same
+records again instead of adding new ones.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from daemon.phases.base import (
+    BatchInfo,
+    DecodedImage,
+    ImageOutcome,
+    ImageState,
+    PhaseContext,
+    PhaseName,
+    Report,
+)
+
+log = logging.getLogger(__name__)
+
+
+class EmbeddingPhase:
+    name = PhaseName.EMBEDDING
+
+    def __init__(self) -> None:
+        self.clip = None
+        self.store = None
+
+    def setup(self, ctx: PhaseContext) -> None:
+        if self.clip is not None:
+            return
+        clip = ctx.models.clip()
+        clip.load()
+        ctx.store.open_images(clip.model_name, clip.dim)
+        self.clip, self.store = clip, ctx.store
+
+    def process(
+        self, batch: BatchInfo, images: list[DecodedImage], report: Report
+    ) -> list[ImageOutcome]:
+        vectors = self.clip.embed_images([d.image for d in images])
+        metadatas = [
+            {
+                "path": str(d.path),
+                "batch_id": batch.batch_id,
+                "width": d.width,
+                "height": d.height,
+                "captured_at": d.captured_at,
+                "model": self.clip.model_name,
+            }
+            for d in images
+        ]
+        self.store.upsert_images([d.sha256 for d in images], vectors, metadatas)
+        report(len(images))
+        return [ImageOutcome(d.image_id, ImageState.DONE) for d in images]
+
+    def cleanup(self) -> None:
+        """Models stay loaded between batches."""

@@ -1,0 +1,374 @@
+"""The daemon: main loop, signals, systemd integration.
+
+Shutdown is warm then cold, as in rq: the first SIGTERM/SIGINT lets the
+current chunk of images finish and be recorded, then exits; a second one
+abandons the chunk at once (its work is redone on restart; every ledger write
+is its own transaction, so nothing is half-recorded). Either way the status
+file says `stopped` and the exit code is 0.
+
+This is the only place that catches broad exceptions: a batch that raises
+something unexpected is marked failed with the reason, and the daemon goes on
+with the next one.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from pathlib import Path
+from types import FrameType
+
+from daemon import history
+from daemon.config import Config, load_config
+from daemon.errors import Cancelled, ImgtrainError, Interrupted, ModelMismatch, ModelUnavailable
+from daemon.inbox import Inbox, recover_claims
+from daemon.logs import batch_context, setup_logging
+from daemon.models import ModelRegistry
+from daemon.phases.base import PhaseContext
+from daemon.phases.clustering import ClusteringPhase
+from daemon.phases.embedding import EmbeddingPhase
+from daemon.phases.faces import FacesPhase
+from daemon.pipeline import Control, Pipeline
+from daemon.progress import PHASES, Progress, RunPlan
+from daemon.queue import Batch, BatchState, Ledger
+from daemon.status import DaemonStatus, ErrorInfo, Status, StatusWriter
+from daemon.store import Store
+from daemon.systemd import Notifier
+
+log = logging.getLogger("imgtrain")
+
+EXIT_OK = 0
+EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h: systemd's Restart=on-failure still retries
+
+
+class Service:
+    def __init__(self, config: Config, config_path: Path | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.stop = threading.Event()
+        self.wake = threading.Event()
+        self.reload_requested = threading.Event()
+        self._signals = 0
+        self.notifier = Notifier()
+        for d in (config.inbox_dir, config.data_dir, config.status_dir, config.batches_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        self.ledger = Ledger(config.ledger_path)
+        self.progress = Progress(
+            data_dir=str(config.data_dir),
+            costs=self.ledger.phase_costs(),
+            max_errors=config.status.max_errors,
+        )
+        self.writer = StatusWriter(
+            config.status_path,
+            self._build_status,
+            busy=self.progress.busy,
+            busy_interval=config.status.busy_interval_seconds,
+            heartbeat=config.status.heartbeat_seconds,
+            schema_path=config.schema_path,
+        )
+        self.inbox = Inbox(
+            config, self.ledger, on_queued=self._on_queued, on_notice=self._on_notice
+        )
+        self.pipeline: Pipeline | None = None
+        self.current: Batch | None = None
+        self._models_error: ImgtrainError | None = None
+        self._next_model_try = 0.0
+
+    # -- wiring ----------------------------------------------------------------
+    def _build_pipeline(self) -> Pipeline:
+        cfg = self.config
+        ctx = PhaseContext(
+            config=cfg, store=Store(cfg), ledger=self.ledger, models=ModelRegistry(cfg)
+        )
+        image_phases = [
+            phase
+            for name, phase in (("embedding", EmbeddingPhase), ("faces", FacesPhase))
+            if name in cfg.phases
+            for phase in [phase()]
+        ]
+        batch_phases = [ClusteringPhase()] if "clustering" in cfg.phases else []
+        control = Control(
+            self.ledger, self.stop, self.progress, self.writer.poke, cfg.queue.control_poll_seconds
+        )
+        return Pipeline(ctx, image_phases, batch_phases, self.progress, control, self.writer.poke)
+
+    def _build_status(self) -> Status:
+        self.progress.set_queue(self.ledger.queue_counts(), self.ledger.is_paused())
+        self.progress.set_errors(history.recent_errors(self.ledger, self.config.status.max_errors))
+        status = self.progress.snapshot()
+        self.notifier.status(status.message)
+        return status
+
+    def _on_queued(self, batch_id: int) -> None:
+        # Runs on the inbox thread: a folder joining a busy run grows its total now.
+        log.info("queued batch %d", batch_id)
+        if self.ledger.current_run() is not None:
+            self.ledger.open_run()
+            self._refresh_run()
+        self.writer.poke()
+        self.wake.set()
+
+    def _on_notice(self, code: str, message: str, file: str) -> None:
+        log.warning("%s: %s (%s)", code, message, file)
+        with self.ledger.transaction() as conn:
+            conn.execute(
+                "INSERT INTO errors(at, file, code, message) VALUES (?,?,?,?)",
+                (time.time(), file, code, message),
+            )
+        self.writer.poke()
+
+    def _refresh_run(self) -> None:
+        run_id = self.ledger.current_run()
+        if run_id is None:
+            self.progress.set_run(RunPlan())
+            return
+        batches = self.ledger.run_batches(run_id)
+        counts = self.ledger.step_counts([b.batch_id for b in batches])
+        current = self.current.batch_id if self.current else None
+        clustering_steps = ClusteringPhase.STEPS if "clustering" in self.config.phases else 0
+        others = {p: [0, 0] for p in PHASES}
+        for b in batches:
+            if b.batch_id == current:
+                continue
+            for p in PHASES:
+                done, total = counts[b.batch_id][p]
+                if p == "clustering" and b.state in (BatchState.WAITING, BatchState.RUNNING):
+                    done, total = 0, clustering_steps
+                if b.state in (BatchState.FAILED, BatchState.CANCELLED):
+                    total = done  # work that will not happen is not in the run
+                others[p][0] += done
+                others[p][1] += total
+        self.progress.set_run(RunPlan([b.batch_id for b in batches], others))
+
+    # -- signals -----------------------------------------------------------------
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self._signals += 1
+        name = signal.Signals(signum).name
+        if self._signals == 1:
+            log.info("%s: finishing the current step, then stopping", name)
+            self.stop_reason = f"stopped by {name}"
+            self.stop.set()
+            self.wake.set()
+        else:
+            log.warning("%s again: abandoning the current step now", name)
+            raise Interrupted(name)
+
+    def _on_hup(self, _signum: int, _frame: FrameType | None) -> None:
+        self.reload_requested.set()
+        self.wake.set()
+
+    def _reload(self) -> None:
+        self.reload_requested.clear()
+        try:
+            new = load_config(self.config_path)
+        except ImgtrainError as exc:
+            log.error("reload refused, keeping the running settings: %s", exc)
+            return
+        changed = [
+            k
+            for k in ("clip", "faces", "clustering", "store", "phases", "decode", "queue")
+            if getattr(new, k) != getattr(self.config, k)
+        ]
+        needs_restart = [
+            k
+            for k in ("inbox_dir", "data_dir", "status_dir", "inbox", "status")
+            if getattr(new, k) != getattr(self.config, k)
+        ]
+        if needs_restart:
+            log.warning("reload: %s change only after a restart", ", ".join(needs_restart))
+        self.config = self.config.model_copy(
+            update={k: getattr(new, k) for k in (*changed, "log_level")}
+        )
+        logging.getLogger().setLevel(self.config.log_level)
+        self.pipeline = None  # rebuilt (and models retried) before the next batch
+        self._models_error = None
+        self._next_model_try = 0.0
+        log.info("reloaded settings (%s)", ", ".join(changed) or "no model or phase change")
+
+    # -- the loop ----------------------------------------------------------------
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGHUP, self._on_hup)
+        self.stop_reason = "stopped"
+        self.progress.set_state(DaemonStatus.IDLE, "starting: checking the inbox and the queue")
+        self._refresh_run()
+        self._after_batch(None)
+        self.writer.flush()  # a crashed predecessor's status is corrected at once
+        recover_claims(self.ledger, self.config)
+        self.writer.start()
+        self.inbox.start()
+        self.notifier.ready(f"watching {self.config.inbox_dir}")
+        log.info("watching %s (pid ready)", self.config.inbox_dir)
+        try:
+            while not self.stop.is_set():
+                self._tick()
+        except Interrupted:
+            pass
+        finally:
+            self._shutdown()
+        return EXIT_OK
+
+    def _tick(self) -> None:
+        self.notifier.watchdog()
+        if self.reload_requested.is_set():
+            self._reload()
+        if not self._ensure_pipeline():
+            self._wait(min(1.0, self.config.models.retry_seconds))
+            return
+        batch = self.ledger.next_batch()
+        if batch is None:
+            self._idle()
+            return
+        if self.ledger.is_paused():
+            self.progress.set_state(
+                DaemonStatus.PAUSED,
+                "Paused by `imgtrain queue pause`; `imgtrain queue resume` continues",
+            )
+            self.writer.poke()
+            self._wait(self.config.queue.control_poll_seconds)
+            return
+        self._run_batch(batch)
+
+    def _wait(self, seconds: float) -> None:
+        self.notifier.watchdog()
+        self.wake.wait(timeout=seconds)
+        self.wake.clear()
+
+    def _idle(self) -> None:
+        run_id = self.ledger.current_run()
+        if run_id is not None:
+            self.ledger.end_run(run_id)
+            self._refresh_run()
+        done = self.progress.totals.batches
+        message = f"Idle: watching {self.config.inbox_dir} ({done} batches in the library)"
+        if self.progress.status != DaemonStatus.IDLE or self.progress.message != message:
+            self.progress.set_state(DaemonStatus.IDLE, message)
+            self.writer.poke()
+        self._wait(min(self.config.status.heartbeat_seconds, 5.0))
+
+    def _ensure_pipeline(self) -> bool:
+        if self.pipeline is not None:
+            return True
+        if time.monotonic() < self._next_model_try:
+            return False
+        self.progress.set_state(DaemonStatus.IDLE, "loading models")
+        self.writer.poke()
+        try:
+            pipeline = self._build_pipeline()
+            pipeline.setup()
+        except (ModelUnavailable, ModelMismatch, ImgtrainError) as exc:
+            self._next_model_try = time.monotonic() + self.config.models.retry_seconds
+            if str(exc) != str(self._models_error):
+                log.error("%s", exc)
+            self._models_error = exc
+            self.progress.set_state(
+                DaemonStatus.ERROR,
+                f"{exc.code}: {exc.message}; still watching and queuing the inbox",
+                ErrorInfo(code=str(exc.code), message=exc.message, hint=exc.hint),
+            )
+            self.writer.poke()
+            return False
+        self._models_error = None
+        self.pipeline = pipeline
+        self._warn_random_weights(pipeline)
+        self.progress.set_state(DaemonStatus.IDLE, "models loaded")
+        return True
+
+    def _warn_random_weights(self, pipeline: Pipeline) -> None:
+        clip = getattr(pipeline.ctx.models, "loaded_clip", None)
+        self.random_weights = bool(clip and clip.random_weights)
+        if self.random_weights:
+            log.warning(
+                "CLIP has RANDOM WEIGHTS (pretrained: none): search results are meaningless"
+            )
+
+    def _run_batch(self, batch: Batch) -> None:
+        assert self.pipeline is not None
+        with batch_context(batch.batch_id):
+            self.ledger.open_run()
+            batch = self.ledger.start_batch(batch.batch_id)
+            self.current = batch
+            self._refresh_run()
+            warn = " [RANDOM CLIP WEIGHTS: search is meaningless]" if self.random_weights else ""
+            self.progress.set_state(DaemonStatus.TRAINING, f"Processing '{batch.name}'{warn}")
+            log.info(
+                "batch %d '%s' started (attempt %d)", batch.batch_id, batch.name, batch.attempts
+            )
+            t0 = time.monotonic()
+            state, code, message = BatchState.COMPLETED, None, None
+            try:
+                self.pipeline.run(batch)
+            except Interrupted:
+                # The batch stays `running`: the next start resumes it.
+                self.ledger.add_batch_seconds(batch.batch_id, time.monotonic() - t0)
+                raise
+            except Cancelled as exc:
+                state, code, message = BatchState.CANCELLED, str(exc.code), exc.message
+            except (ModelUnavailable, ModelMismatch) as exc:
+                # Not the batch's fault: it waits for the model and resumes.
+                log.error("%s", exc)
+                self.ledger.add_batch_seconds(batch.batch_id, time.monotonic() - t0)
+                self.pipeline = None
+                self.current = None
+                self.progress.end_batch()
+                return
+            except ImgtrainError as exc:
+                state, code, message = BatchState.FAILED, str(exc.code), exc.message
+                log.error("batch %d failed: %s", batch.batch_id, exc)
+            except Exception as exc:  # the one broad catch: the daemon outlives a bad batch
+                log.exception("batch %d failed", batch.batch_id)
+                state, code, message = (
+                    BatchState.FAILED,
+                    "BATCH_FAILED",
+                    f"{type(exc).__name__}: {exc}",
+                )
+            self.ledger.finish_batch(
+                batch.batch_id,
+                state,
+                seconds=time.monotonic() - t0,
+                error_code=code,
+                error_message=message,
+            )
+            for phase, (cost, steps) in self.progress.costs.settled().items():
+                self.ledger.save_phase_cost(phase, cost, steps)
+            log.info(
+                "batch %d '%s' %s in %.1fs",
+                batch.batch_id,
+                batch.name,
+                state,
+                time.monotonic() - t0,
+            )
+            self.current = None
+            self.progress.end_batch()
+            self._after_batch(batch.batch_id)
+            self._refresh_run()
+            self.writer.flush()
+
+    def _after_batch(self, batch_id: int | None) -> None:
+        last = batch_id or history.last_finished_batch(self.ledger)
+        if last is not None:
+            self.progress.set_last_batch(history.batch_summary(self.ledger, last))
+        self.progress.set_totals(history.totals(self.ledger))
+
+    def _shutdown(self) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        self.notifier.stopping(self.stop_reason)
+        self.inbox.stop()
+        message = self.stop_reason
+        if self.current is not None:
+            message += f"; batch {self.current.batch_id} '{self.current.name}' resumes on restart"
+        self.progress.end_batch()
+        self.progress.set_state(DaemonStatus.STOPPED, message)
+        self.writer.stop()
+        self.writer.flush()
+        log.info("%s", message)
+
+
+def run_daemon(config_path: Path | None) -> int:
+    config = load_config(config_path)
+    setup_logging(config.log_level)
+    return Service(config, config_path).run()
