@@ -234,6 +234,8 @@ class Service:
 
     def _wait(self, seconds: float) -> None:
         self.notifier.watchdog()
+        if self.notifier.watchdog_interval:  # never sleep through a watchdog deadline
+            seconds = min(seconds, self.notifier.watchdog_interval / 2)
         self.wake.wait(timeout=seconds)
         self.wake.clear()
 

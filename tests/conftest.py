@@ -65,7 +65,9 @@ def tiny_clip_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def make_jpeg(path: Path, size: tuple[int, int] = (320, 240), seed: int = 0, **save: object) -> Path:
+def make_jpeg(
+    path: Path, size: tuple[int, int] = (320, 240), seed: int = 0, **save: object
+) -> Path:
     """A JPEG with varied content (so its hash and embedding differ per seed)."""
     from PIL import Image, ImageDraw
 
