@@ -88,6 +88,11 @@ class UnsupportedFormat(ImageError):
     default_hint = "Convert the file to JPEG, PNG, WebP, TIFF, BMP or GIF."
 
 
+class PermissionDenied(ImageError):
+    code = Code.PERMISSION_DENIED
+    default_hint = "Let the daemon's user read the file (chmod/chown), then `imgtrain queue retry`."
+
+
 class ImageTooLarge(ImageError):
     code = Code.IMAGE_TOO_LARGE
     default_hint = "Raise decode.max_image_pixels in config.yaml if this photo is genuine."

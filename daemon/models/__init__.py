@@ -1,0 +1,60 @@
+"""The models the phases use, each loaded once and kept loaded.
+
+Importing this package is cheap: torch, open_clip and insightface are imported
+when a model is first loaded, so CLI commands that never embed anything do
+not pay seconds of import time.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+
+from daemon.models.base import InferenceModel, make_ort_session
+from daemon.models.clip import ClipModel
+from daemon.models.faces import Face, FaceAnalyzer
+
+if TYPE_CHECKING:
+    from daemon.config import Config
+
+__all__ = [
+    "ClipModel",
+    "Face",
+    "FaceAnalyzer",
+    "InferenceModel",
+    "ModelRegistry",
+    "make_ort_session",
+]
+
+
+class ModelRegistry:
+    """Hands every phase the same model objects. Creating one loads nothing."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._lock = threading.Lock()
+        self._clip: ClipModel | None = None
+        self._faces: FaceAnalyzer | None = None
+
+    def clip(self) -> ClipModel:
+        with self._lock:
+            if self._clip is None:
+                self._clip = ClipModel(self.config.clip)
+            return self._clip
+
+    def faces(self) -> FaceAnalyzer:
+        with self._lock:
+            if self._faces is None:
+                self._faces = FaceAnalyzer(self.config.faces)
+            return self._faces
+
+    @property
+    def loaded_clip(self) -> ClipModel | None:
+        """The CLIP model if it has been loaded, else None (never triggers a load)."""
+        clip = self._clip
+        return clip if clip is not None and clip.loaded else None
+
+    @property
+    def loaded_faces(self) -> FaceAnalyzer | None:
+        faces = self._faces
+        return faces if faces is not None and faces.loaded else None

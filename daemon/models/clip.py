@@ -1,0 +1,309 @@
+"""open_clip, loaded once, for image embeddings (ingest) and text embeddings (search).
+
+Weights come from one of three places, chosen by `clip.pretrained`:
+
+* an open_clip tag (`laion2b_s34b_b79k`): taken from the Hugging Face cache in
+  `clip.cache_dir` if it is there (no network at all), else downloaded;
+* a local weights file;
+* `none`: random weights, for tests and for trying the daemon out. Search
+  results are then meaningless, and the daemon says so loudly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from daemon.errors import ModelUnavailable
+from daemon.models.base import InferenceModel
+
+if TYPE_CHECKING:
+    import torch
+    from PIL import Image
+
+    from daemon.config import ClipConfig
+
+log = logging.getLogger(__name__)
+
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+PROBE_TIMEOUT = 10.0  # seconds for the one request that tells whether the hub is reachable
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether the CPU computes bfloat16 natively (AVX-512 BF16 or AMX); else it is emulated."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return bool({"avx512_bf16", "amx_bf16"} & set(line.split(":", 1)[-1].split()))
+    return False
+
+
+def _looks_like_path(value: str) -> bool:
+    return os.sep in value or "/" in value or value.endswith(WEIGHT_SUFFIXES)
+
+
+class ClipModel(InferenceModel):
+    """One open_clip model shared by image and text encoding."""
+
+    def __init__(self, cfg: ClipConfig) -> None:
+        super().__init__(f"clip:{cfg.model}")
+        self.cfg = cfg
+        self._model: Any = None
+        self._preprocess: Any = None
+        self._tokenizer: Any = None
+        self._dtype: torch.dtype | None = None
+        self._dim = 0
+        self._random = cfg.pretrained.strip().lower() == "none"
+        weights = cfg.pretrained
+        if self._random:
+            weights = "random"
+        elif _looks_like_path(weights):
+            weights = Path(weights).name
+        self.model_name = f"{cfg.model}/{weights}"
+
+    # -- properties -----------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        self.load()
+        return self._dim
+
+    @property
+    def random_weights(self) -> bool:
+        return self._random
+
+    @property
+    def precision(self) -> str:
+        self.load()
+        return "bf16" if str(self._dtype) == "torch.bfloat16" else "fp32"
+
+    # -- loading --------------------------------------------------------------
+    def _load(self) -> None:
+        import open_clip
+        import torch
+        from safetensors import SafetensorError
+
+        cfg = self.cfg
+        t0 = time.monotonic()
+        self._register_architecture(open_clip)
+        weights, preprocess_cfg = self._resolve_weights(open_clip)
+        if cfg.threads > 0:
+            torch.set_num_threads(cfg.threads)
+        try:
+            # Random weights are seeded, so a restarted daemon makes the same
+            # (meaningless) vectors and its store stays self-consistent;
+            # fork_rng keeps the seed from leaking into the rest of the process.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                model, _, preprocess = open_clip.create_model_and_transforms(
+                    cfg.model,
+                    pretrained=weights,
+                    device="cpu",
+                    precision="fp32",
+                    cache_dir=cfg.cache_dir,
+                    # Never fetch separate tower weights: the daemon loads a whole
+                    # CLIP checkpoint or, with `none`, nothing at all.
+                    pretrained_image=False,
+                    pretrained_text=False,
+                    image_mean=preprocess_cfg.get("mean"),
+                    image_std=preprocess_cfg.get("std"),
+                    image_interpolation=preprocess_cfg.get("interpolation"),
+                    image_resize_mode=preprocess_cfg.get("resize_mode"),
+                )
+            tokenizer = open_clip.get_tokenizer(cfg.model, cache_dir=cfg.cache_dir)
+        except (
+            OSError,
+            RuntimeError,
+            ValueError,
+            KeyError,
+            pickle.UnpicklingError,
+            SafetensorError,
+        ) as exc:
+            raise ModelUnavailable(
+                f"could not load CLIP {cfg.model} weights from {weights}: {exc}",
+                hint="Check that clip.pretrained is a complete weights file for clip.model, "
+                "then send SIGHUP (systemctl reload imgtrain).",
+            ) from exc
+        model.eval()
+        use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and cpu_has_fast_bf16())
+        self._dtype = torch.bfloat16 if use_bf16 else torch.float32
+        # Only the image tower runs in bulk; the text tower stays fp32 for
+        # search quality and is cheap either way.
+        model.visual.to(self._dtype)
+        self._model, self._preprocess, self._tokenizer = model, preprocess, tokenizer
+        # One forward pass: the embedding size straight from the model, and a
+        # model that cannot run fails here rather than in the middle of a batch.
+        size = self._input_size()
+        with torch.inference_mode():
+            probe = model.encode_image(torch.zeros(1, 3, *size, dtype=self._dtype))
+        self._dim = int(probe.shape[-1])
+        log.info(
+            "CLIP %s loaded in %.1fs (dim %d, %s, %d threads)",
+            self.model_name,
+            time.monotonic() - t0,
+            self._dim,
+            "bf16" if use_bf16 else "fp32",
+            torch.get_num_threads(),
+        )
+        if self._random:
+            log.warning(
+                "CLIP %s has RANDOM WEIGHTS (clip.pretrained: none): image and text "
+                "embeddings carry no meaning and search results are meaningless",
+                cfg.model,
+            )
+
+    def _input_size(self) -> tuple[int, int]:
+        size = self._model.visual.preprocess_cfg.get("size", 224)
+        return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+    def _register_architecture(self, open_clip: Any) -> None:
+        cfg = self.cfg
+        if cfg.model_config_path:
+            path = Path(cfg.model_config_path)
+            if not path.is_file():
+                raise ModelUnavailable(f"clip.model_config file {path} does not exist")
+            try:
+                open_clip.add_model_config(path)
+            except ValueError as exc:  # json.JSONDecodeError
+                raise ModelUnavailable(
+                    f"clip.model_config {path} is not valid JSON: {exc}"
+                ) from exc
+        if cfg.model not in open_clip.list_models():
+            defined = (
+                f" ({cfg.model_config_path} defines {Path(cfg.model_config_path).stem!r})"
+                if cfg.model_config_path
+                else ""
+            )
+            raise ModelUnavailable(
+                f"unknown CLIP architecture {cfg.model!r}{defined}",
+                hint="Set clip.model to a name from open_clip.list_models(), or point "
+                "clip.model_config at an architecture JSON named <clip.model>.json.",
+            )
+
+    def _resolve_weights(self, open_clip: Any) -> tuple[str | None, dict[str, Any]]:
+        """(a local weights file or None for random, the tag's preprocessing settings)."""
+        cfg = self.cfg
+        value = cfg.pretrained.strip()
+        if self._random:
+            return None, {}
+        tag_cfg = (
+            None if _looks_like_path(value) else open_clip.get_pretrained_cfg(cfg.model, value)
+        )
+        if tag_cfg:
+            return self._tag_file(open_clip, value, tag_cfg), tag_cfg
+        path = Path(value).expanduser()
+        if path.is_file():
+            return str(path), {}
+        if _looks_like_path(value):
+            raise ModelUnavailable(
+                f"CLIP weights file {path} does not exist",
+                hint=f"Put the {cfg.model} weights at {path} (or fix clip.pretrained), then "
+                "send SIGHUP (systemctl reload imgtrain).",
+            )
+        tags = ", ".join(open_clip.list_pretrained_tags_by_model(cfg.model))
+        raise ModelUnavailable(
+            f"clip.pretrained {value!r} is neither an open_clip tag for {cfg.model} nor a file",
+            hint=(f"Use a tag ({tags}), " if tags else "Use ")
+            + "a path to a weights file, or `none` for random weights.",
+        )
+
+    def _tag_file(self, open_clip: Any, tag: str, tag_cfg: dict[str, Any]) -> str:
+        """The tag's weights as a local file: from the cache, else downloaded.
+
+        Offline, open_clip's own download retries for about 47 seconds before
+        failing; one short request first turns that into a second or two.
+        """
+        from huggingface_hub import constants as hf_constants
+        from huggingface_hub import get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+        from huggingface_hub.utils import httpx as hf_httpx
+
+        cfg = self.cfg
+        cache = cfg.cache_dir or hf_constants.HF_HUB_CACHE
+        hub = tag_cfg.get("hf_hub") or ""
+        repo, filename = os.path.split(hub)
+        filename = filename or "open_clip_pytorch_model.bin"
+        source = hf_hub_url(repo, filename) if hub else tag_cfg.get("url", "")
+        hint = (
+            f'On a machine with internet access run: python -c "import open_clip; '
+            f"open_clip.create_model('{cfg.model}', pretrained='{tag}', cache_dir='{cache}')\" "
+            f"and copy {cache} here (that directory is clip.cache_dir), or download {source} "
+            "and set clip.pretrained to that file; then send SIGHUP (systemctl reload imgtrain)."
+        )
+        t0 = time.monotonic()
+        if hub:
+            safe = "open_clip_model.safetensors" if filename.endswith(".bin") else None
+            for name in (safe, filename):
+                cached = name and try_to_load_from_cache(repo, name, cache_dir=cfg.cache_dir)
+                if isinstance(cached, str):
+                    return cached
+            if hf_constants.HF_HUB_OFFLINE:
+                raise ModelUnavailable(
+                    f"CLIP weights {cfg.model}/{tag} are not in {cache} and HF_HUB_OFFLINE is set",
+                    hint=hint,
+                )
+            try:
+                get_hf_file_metadata(hf_hub_url(repo, filename), timeout=PROBE_TIMEOUT)
+            except (OSError, hf_httpx.HTTPError) as exc:
+                raise ModelUnavailable(
+                    f"CLIP weights {cfg.model}/{tag} are not in {cache} and "
+                    f"{source} cannot be reached ({exc}; gave up after "
+                    f"{time.monotonic() - t0:.1f}s)",
+                    hint=hint,
+                ) from exc
+        log.info("downloading CLIP weights %s/%s from %s", cfg.model, tag, source)
+        try:
+            return str(open_clip.download_pretrained(tag_cfg, cache_dir=cfg.cache_dir))
+        except (OSError, RuntimeError, hf_httpx.HTTPError) as exc:
+            raise ModelUnavailable(
+                f"could not download CLIP weights {cfg.model}/{tag} from {source} after "
+                f"{time.monotonic() - t0:.1f}s: {exc}",
+                hint=hint,
+            ) from exc
+
+    # -- inference ------------------------------------------------------------
+    def preprocess(self, img: Image.Image) -> torch.Tensor:
+        """The model's validation transform: resize, centre crop, normalise."""
+        self.load()
+        return self._preprocess(img)
+
+    def _predict(self, images: list[Image.Image]) -> np.ndarray:
+        return self.embed_images(images)
+
+    def embed_images(self, images: list[Image.Image]) -> np.ndarray:
+        """(n, dim) float32, each row L2-normalised."""
+        import torch
+
+        self.load()
+        out = np.empty((len(images), self._dim), dtype=np.float32)
+        step = self.cfg.batch_size
+        with torch.inference_mode():
+            for start in range(0, len(images), step):
+                chunk = images[start : start + step]
+                x = torch.stack([self._preprocess(img) for img in chunk]).to(self._dtype)
+                out[start : start + len(chunk)] = self._normalise(self._model.encode_image(x))
+        return out
+
+    def embed_text(self, texts: list[str]) -> np.ndarray:
+        """(n, dim) float32, each row L2-normalised; comparable with embed_images."""
+        import torch
+
+        self.load()
+        if not texts:
+            return np.empty((0, self._dim), dtype=np.float32)
+        with torch.inference_mode():
+            return self._normalise(self._model.encode_text(self._tokenizer(texts)))
+
+    @staticmethod
+    def _normalise(feats: torch.Tensor) -> np.ndarray:
+        import torch
+
+        feats = feats.float()  # normalise in fp32 whatever the tower ran in
+        return torch.nn.functional.normalize(feats, dim=-1).numpy().astype(np.float32, copy=False)
