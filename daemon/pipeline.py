@@ -141,6 +141,11 @@ class Pipeline:
         self.poke()
         rows = self.ledger.pending_images(batch.batch_id)
         if rows:
+            # Decoding the first chunk is the first phase's work: say so from the start.
+            first = next(
+                p.name for p in self.image_phases if any(p.name in r["phases"] for r in rows)
+            )
+            self._start_phase(info, first)
             self._run_image_phases(info, rows)
         for phase in self.image_phases:
             self._finish_phase(info, phase.name)

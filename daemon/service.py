@@ -71,6 +71,9 @@ class Service:
         self.inbox = Inbox(
             config, self.ledger, on_queued=self._on_queued, on_notice=self._on_notice
         )
+        # One registry for the daemon's life: a retry after a missing face pack does
+        # not reload CLIP. Replaced only when a reload changes model settings.
+        self.models = ModelRegistry(config)
         self.pipeline: Pipeline | None = None
         self.current: Batch | None = None
         self._models_error: ImgtrainError | None = None
@@ -79,9 +82,7 @@ class Service:
     # -- wiring ----------------------------------------------------------------
     def _build_pipeline(self) -> Pipeline:
         cfg = self.config
-        ctx = PhaseContext(
-            config=cfg, store=Store(cfg), ledger=self.ledger, models=ModelRegistry(cfg)
-        )
+        ctx = PhaseContext(config=cfg, store=Store(cfg), ledger=self.ledger, models=self.models)
         image_phases = [
             phase
             for name, phase in (("embedding", EmbeddingPhase), ("faces", FacesPhase))
@@ -182,6 +183,8 @@ class Service:
             update={k: getattr(new, k) for k in (*changed, "log_level")}
         )
         logging.getLogger().setLevel(self.config.log_level)
+        if "clip" in changed or "faces" in changed:
+            self.models = ModelRegistry(self.config)
         self.pipeline = None  # rebuilt (and models retried) before the next batch
         self._models_error = None
         self._next_model_try = 0.0

@@ -114,7 +114,14 @@ def test_a_whole_run_of_several_folders(daemon_factory, tmp_path: Path) -> None:
     training = [s for s in reader.snapshots if s["status"] == "training" and s["batch_id"]]
     assert training, "the reader never saw the daemon at work"
     _check_truthful(reader.snapshots)
-    assert {s["phase"] for s in training} >= {"embedding", "faces", "clustering"}
+    # Which phases a reader happens to catch depends on timing; that it always names one does not.
+    assert all(s["phase"] in ("embedding", "faces", "clustering") for s in training)
+    phases = d.ledger().query("SELECT phase, state FROM batch_phases")
+    assert {(r["phase"], r["state"]) for r in phases} == {
+        ("embedding", "completed"),
+        ("faces", "completed"),
+        ("clustering", "completed"),
+    }
     assert final["last_batch"]["state"] == "completed"
     assert final["totals"]["images"] == 14
     assert final["current_file"] is None and final["phases"] is None
