@@ -40,7 +40,8 @@ from daemon.systemd import Notifier
 log = logging.getLogger("imgtrain")
 
 EXIT_OK = 0
-EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h: systemd's Restart=on-failure still retries
+EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h; the unit's RestartPreventExitStatus names it
+TOTALS_EVERY = 10.0  # seconds between refreshes of library-wide totals in the status file
 
 
 class Service:
@@ -78,6 +79,9 @@ class Service:
         self.current: Batch | None = None
         self._models_error: ImgtrainError | None = None
         self._next_model_try = 0.0
+        self._totals_at = 0.0
+        self.random_weights = False
+        self.stop_reason = "stopped"
 
     # -- wiring ----------------------------------------------------------------
     def _build_pipeline(self) -> Pipeline:
@@ -97,6 +101,11 @@ class Service:
 
     def _build_status(self) -> Status:
         self.progress.set_queue(self.ledger.queue_counts(), self.ledger.is_paused())
+        # Totals change between batches too (`imgtrain people name`); refreshed
+        # every few seconds, not every write, because they count whole tables.
+        if time.monotonic() - self._totals_at > TOTALS_EVERY:
+            self._totals_at = time.monotonic()
+            self.progress.set_totals(history.totals(self.ledger))
         self.progress.set_errors(history.recent_errors(self.ledger, self.config.status.max_errors))
         status = self.progress.snapshot()
         self.notifier.status(status.message)

@@ -1,0 +1,339 @@
+"""`imgtrain people`: named people and unnamed clusters; name, merge, correct, look at faces.
+
+The ledger holds who is who (daemon.people); this module only parses,
+resolves short face ids, and prints. `people sheet` draws the face crops
+so a person can see whom a cluster holds before naming it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from daemon import people
+from daemon.commands import render
+from daemon.config import Config
+from daemon.errors import InvalidState, NotFound
+from daemon.queue import Ledger
+
+SHEET_LIMIT = 48
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "people",
+        help="people and face clusters: list, name, merge, unassign, show, sheet",
+        description="Without an action: list named people and unnamed clusters.",
+    )
+    render.add_json_flag(p)
+    p.set_defaults(func=run, action="list")
+    actions = p.add_subparsers(dest="action", metavar="ACTION")
+    ls = actions.add_parser("list", help="named people and unnamed clusters (the default)")
+    n = actions.add_parser("name", help="name a cluster (an existing name takes its faces)")
+    n.add_argument("cluster", metavar="CLUSTER", help="cluster id, as listed (12 or #12)")
+    n.add_argument("name", metavar="NAME")
+    m = actions.add_parser("merge", help="merge B into A (people or clusters)")
+    m.add_argument("a", metavar="A", help="a name or a cluster id; it stays")
+    m.add_argument("b", metavar="B", help="a name or a cluster id; it joins A")
+    u = actions.add_parser("unassign", help="take a wrongly placed face away from its person")
+    u.add_argument("face", metavar="FACE", help="face id as `people show` lists it")
+    s = actions.add_parser("show", help="a person or cluster with all their faces")
+    s.add_argument("ref", metavar="NAME_OR_CLUSTER")
+    sh = actions.add_parser("sheet", help="a contact sheet (PNG) of a person's or cluster's faces")
+    sh.add_argument("ref", metavar="NAME_OR_CLUSTER")
+    sh.add_argument("-o", "--output", required=True, type=Path, help="PNG file to write")
+    sh.add_argument(
+        "--limit", type=int, default=SHEET_LIMIT, help=f"best N faces (default {SHEET_LIMIT})"
+    )
+    sh.add_argument("--tile", type=int, default=160, help="pixels per face (default 160)")
+    sh.add_argument("--columns", type=int, default=None, help="faces per row (default: square)")
+    for parser in (ls, n, m, u, s, sh):
+        render.add_json_flag(parser, sub=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = render.load(args)
+    ledger = render.open_ledger(config)
+    try:
+        action = args.action or "list"
+        if action == "list":
+            return _list(ledger, args.json)
+        if action == "show":
+            return _show(people.show(ledger, args.ref), args.json)
+        if action == "sheet":
+            return _sheet(ledger, config, args)
+        store = _store(config)
+        if action == "name":
+            person = people.name_cluster(
+                ledger, store, config, _cluster_id(args.cluster), args.name
+            )
+            return _changed(f"cluster {args.cluster} is now {person.name!r}", person, args.json)
+        if action == "merge":
+            kept = people.merge(ledger, store, args.a, args.b)
+            return _changed(f"merged {args.b!r} into {args.a!r}", kept, args.json)
+        if action == "unassign":
+            face = people.unassign_face(ledger, store, _face_id(ledger, args.face))
+            return _changed(
+                f"face {short(face.face_id)} went back to the unknown faces;"
+                " it will not be given to that person again by itself",
+                face,
+                args.json,
+            )
+        raise AssertionError(f"unknown action {action}")
+    finally:
+        ledger.close()
+
+
+def _store(config: Config) -> Any:
+    from daemon.store import Store
+
+    return Store(config)
+
+
+# -- references ---------------------------------------------------------------------
+def short(face_id: str) -> str:
+    """`<sha256>:<n>` shown as its first 12 hex digits and the face number."""
+    sha, _, n = face_id.rpartition(":")
+    return f"{sha[:12]}:{n}" if sha else face_id
+
+
+def _cluster_id(text: str) -> int:
+    digits = text.strip().lstrip("#")
+    if not digits.isdigit():
+        raise InvalidState(
+            f"{text!r} is not a cluster id",
+            hint="Cluster ids are numbers, as `imgtrain people` lists them.",
+        )
+    return int(digits)
+
+
+def _face_id(ledger: Ledger, text: str) -> str:
+    """A full face id, or the short form `people show` prints (unique prefix and number)."""
+    sha, sep, n = text.strip().rpartition(":")
+    if not sep or not sha or not n.isdigit():
+        raise InvalidState(
+            f"{text!r} is not a face id",
+            hint="Face ids look like 3f2a9c1e4b5d:0; `imgtrain people show NAME` lists them.",
+        )
+    rows = ledger.query(
+        "SELECT face_id FROM faces WHERE face_id LIKE ? ESCAPE '\\'",
+        (sha.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + f"%:{n}",),
+    )
+    if len(rows) > 1:
+        raise InvalidState(
+            f"{text!r} matches {len(rows)} faces",
+            hint="Give more of the id's digits.",
+        )
+    if not rows:
+        raise NotFound(
+            f"there is no face {text!r}",
+            hint="Face ids are listed by `imgtrain people show NAME_OR_CLUSTER`.",
+        )
+    return str(rows[0]["face_id"])
+
+
+# -- output ---------------------------------------------------------------------------
+def _person_json(p: people.Person) -> dict[str, Any]:
+    return {
+        "kind": "person",
+        "person_id": p.person_id,
+        "name": p.name,
+        "faces": p.faces,
+        "clusters": p.clusters,
+        "representative": p.representative,
+        "image_path": p.image_path,
+        "created_at": render.iso(p.created_at),
+    }
+
+
+def _cluster_json(c: people.ClusterInfo) -> dict[str, Any]:
+    return {
+        "kind": "cluster",
+        "cluster_id": c.cluster_id,
+        "faces": c.faces,
+        "person": c.person,
+        "representative": c.representative,
+        "image_path": c.image_path,
+        "created_at": render.iso(c.created_at),
+        "updated_at": render.iso(c.updated_at),
+    }
+
+
+def _face_json(f: people.FaceRef) -> dict[str, Any]:
+    return {
+        "face_id": f.face_id,
+        "image_path": f.image_path,
+        "det_score": round(f.det_score, 4),
+        "cluster_id": f.cluster_id,
+        "person": f.person,
+        "suggested_person": f.suggested_person,
+        "suggestion_score": None if f.suggestion_score is None else round(f.suggestion_score, 4),
+    }
+
+
+def _as_json(obj: Any) -> dict[str, Any]:
+    if isinstance(obj, people.Person):
+        return _person_json(obj)
+    if isinstance(obj, people.ClusterInfo):
+        return _cluster_json(obj)
+    return {"kind": "face", **_face_json(obj)}
+
+
+def _changed(message: str, obj: Any, as_json: bool) -> int:
+    if as_json:
+        render.print_json(_as_json(obj))
+    else:
+        render.console().print(message)
+    return 0
+
+
+def _list(ledger: Ledger, as_json: bool) -> int:
+    named = people.list_people(ledger)
+    clusters = people.list_clusters(ledger, unnamed_only=True)
+    loose = ledger.query(
+        "SELECT COUNT(*) n FROM faces WHERE person_id IS NULL AND cluster_id IS NULL"
+    )[0]["n"]
+    if as_json:
+        render.print_json(
+            {
+                "people": [_person_json(p) for p in named],
+                "clusters": [_cluster_json(c) for c in clusters],
+                "unclustered_faces": loose,
+            }
+        )
+        return 0
+    out = render.console()
+    if named:
+        out.print(f"[bold]People ({len(named)})[/]")
+        table = Table(box=None, header_style="bold", pad_edge=False)
+        for col, justify in (
+            ("NAME", "left"),
+            ("FACES", "right"),
+            ("CLUSTERS", "left"),
+            ("SAMPLE PHOTO", "left"),
+        ):
+            table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+        for p in named:
+            table.add_row(
+                p.name,
+                str(p.faces),
+                ", ".join(f"#{c}" for c in p.clusters) or "-",
+                p.image_path or "-",
+            )
+        out.print(table)
+    else:
+        out.print("No one is named yet.")
+    if clusters:
+        out.print(
+            f"[bold]Unnamed clusters ({len(clusters)})[/]: look with `imgtrain people sheet"
+            " CLUSTER -o faces.png`, then `imgtrain people name CLUSTER NAME`"
+        )
+        table = Table(box=None, header_style="bold", pad_edge=False)
+        for col, justify in (("CLUSTER", "right"), ("FACES", "right"), ("SAMPLE PHOTO", "left")):
+            table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+        for c in clusters:
+            table.add_row(f"#{c.cluster_id}", str(c.faces), c.image_path or "-")
+        out.print(table)
+    else:
+        out.print("No unnamed clusters.")
+    if loose:
+        out.print(f"{loose} faces are in no cluster yet (too few others look like them).")
+    return 0
+
+
+def _show(detail: people.Detail, as_json: bool) -> int:
+    if as_json:
+        head = _person_json(detail.person) if detail.person else _cluster_json(detail.cluster)
+        render.print_json({**head, "face_list": [_face_json(f) for f in detail.faces]})
+        return 0
+    out = render.console()
+    if detail.person is not None:
+        p = detail.person
+        clusters = ", ".join(f"#{c}" for c in p.clusters) or "none"
+        out.print(f"[bold]{p.name}[/] (person {p.person_id}): {p.faces} faces; clusters {clusters}")
+    else:
+        c = detail.cluster
+        assert c is not None
+        who = f"named {c.person!r}" if c.person else "unnamed"
+        out.print(f"[bold]cluster #{c.cluster_id}[/] ({who}): {c.faces} faces")
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for col, justify in (
+        ("FACE", "left"),
+        ("SCORE", "right"),
+        ("CLUSTER", "right"),
+        ("SUGGESTED", "left"),
+        ("PHOTO", "left"),
+    ):
+        table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for f in detail.faces:
+        suggested = (
+            f"{f.suggested_person} ({f.suggestion_score:.2f})"
+            if f.suggested_person and f.suggestion_score is not None
+            else "-"
+        )
+        table.add_row(
+            short(f.face_id),
+            f"{f.det_score:.2f}",
+            f"#{f.cluster_id}" if f.cluster_id is not None else "-",
+            suggested,
+            f.image_path or "-",
+        )
+    out.print(table)
+    return 0
+
+
+def _sheet(ledger: Ledger, config: Config, args: argparse.Namespace) -> int:
+    from daemon.contactsheet import SheetFace, make_sheet
+
+    detail = people.show(ledger, args.ref)
+    faces = detail.faces[: max(args.limit, 1)]
+    store = _store(config)
+    rows = store.get_faces(ids=[f.face_id for f in faces])
+    meta = dict(zip(rows.ids, rows.metadatas, strict=True))
+    tiles = []
+    for f in faces:
+        m = meta.get(f.face_id)
+        if m is None or "bbox" not in m:
+            continue
+        tiles.append(
+            SheetFace(
+                face_id=f.face_id,
+                path=Path(f.image_path or str(m.get("path", ""))),
+                bbox=tuple(json.loads(m["bbox"])),
+                caption=short(f.face_id),
+                detail=f"score {f.det_score:.2f}  {Path(f.image_path or m.get('path', '')).name}",
+            )
+        )
+    if detail.person is not None:
+        title = f"{detail.person.name} - {detail.person.faces} faces"
+    else:
+        c = detail.cluster
+        assert c is not None
+        title = f"cluster #{c.cluster_id}" + (f" ({c.person})" if c.person else "")
+        title += f" - {c.faces} faces"
+    if len(faces) < len(detail.faces):
+        title += f" (best {len(faces)} shown)"
+    result = make_sheet(tiles, args.output, title=title, tile=args.tile, columns=args.columns)
+    if args.json:
+        render.print_json(
+            {
+                "path": str(result.path.resolve()),
+                "faces": result.faces,
+                "columns": result.columns,
+                "rows": result.rows,
+                "width": result.size[0],
+                "height": result.size[1],
+                "missing": result.missing,
+            }
+        )
+        return 0
+    note = f"; {len(result.missing)} photos could not be opened" if result.missing else ""
+    render.console().print(
+        f"wrote {result.path} ({result.faces} faces, {result.columns}x{result.rows} grid,"
+        f" {result.size[0]}x{result.size[1]} px){note}"
+    )
+    return 0

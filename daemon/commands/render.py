@@ -1,0 +1,159 @@
+"""Shared pieces of the read commands: config and ledger opening, JSON output, formatting.
+
+Human output goes through one rich Console. When stdout is not a terminal
+(a pipe, a file, a test) rich would wrap at 80 columns and cut long photo
+paths in half, so the console is widened there: lines stay greppable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from dataclasses import asdict, is_dataclass
+from datetime import UTC, datetime
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.text import Text
+
+from daemon.config import Config, load_config
+from daemon.errors import NotFound
+from daemon.queue import Ledger
+
+PIPE_WIDTH = 200
+
+STATE_STYLE = {
+    "waiting": "cyan",
+    "claiming": "cyan",
+    "running": "bold blue",
+    "training": "bold blue",
+    "completed": "green",
+    "idle": "green",
+    "failed": "bold red",
+    "error": "bold red",
+    "cancelled": "yellow",
+    "paused": "yellow",
+    "stopped": "bold red",
+    "pending": "dim",
+    "skipped": "dim",
+}
+
+
+def console() -> Console:
+    out = Console(highlight=False)
+    if not out.is_terminal and "COLUMNS" not in os.environ:
+        out = Console(highlight=False, width=PIPE_WIDTH, soft_wrap=True)
+    return out
+
+
+def quiet_logs() -> None:
+    """Keep library chatter (torch, open_clip, chromadb) off a command's output.
+
+    The commands say what matters themselves (random CLIP weights, model
+    errors); only errors from the libraries still reach stderr.
+    """
+    logging.basicConfig(level=logging.ERROR, format="imgtrain: %(name)s: %(message)s")
+
+
+def add_json_flag(parser: argparse.ArgumentParser, *, sub: bool = False) -> None:
+    # A sub-command's copy of the flag must not reset one given before it
+    # (`imgtrain queue --json stats`), so only the outer parser has a default.
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS if sub else False,
+        help="print JSON for scripts instead of text",
+    )
+
+
+def load(args: argparse.Namespace) -> Config:
+    return load_config(Path(args.config) if args.config else None)
+
+
+def open_ledger(config: Config) -> Ledger:
+    """The daemon's ledger. A missing one is an error: opening would create an empty one."""
+    if not config.ledger_path.exists():
+        raise NotFound(
+            f"there is no ledger at {config.ledger_path}",
+            hint="Start the daemon once (`imgtrain run` or `systemctl start imgtrain`),"
+            " or pass the daemon's config with --config.",
+        )
+    return Ledger(config.ledger_path)
+
+
+def plain(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return plain(asdict(value))
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def print_json(data: Any) -> None:
+    print(json.dumps(plain(data), indent=2, ensure_ascii=False))
+
+
+def iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+def local_time(value: float | datetime | None, *, date: bool = True) -> str:
+    if value is None:
+        return "-"
+    dt = value if isinstance(value, datetime) else datetime.fromtimestamp(value, UTC)
+    return dt.astimezone().strftime("%Y-%m-%d %H:%M:%S" if date else "%H:%M:%S")
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = max(seconds, 0.0)
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, sec = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m {sec:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours}h {minutes:02d}m"
+    days, hours = divmod(hours, 24)
+    return f"{days}d {hours}h"
+
+
+def size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def bar(done: float, total: float, width: int = 30) -> Text:
+    """A bar that reads the same in a terminal, a pipe and a README."""
+    frac = min(max(done / total, 0.0), 1.0) if total else 0.0
+    full = int(frac * width)  # floor: a bar is full only when the work is
+    return Text.assemble(
+        ("█" * full, "green" if frac >= 1 else "blue"), ("░" * (width - full), "dim")
+    )
+
+
+def styled(state: str) -> str:
+    style = STATE_STYLE.get(state, "")
+    return f"[{style}]{state}[/]" if style else state

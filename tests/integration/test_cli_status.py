@@ -1,0 +1,193 @@
+"""`imgtrain status` on status files written by the daemon's own writer.
+
+The files come from the real Progress and StatusWriter (the daemon's code),
+with this test process standing in as the daemon: its pid is alive, so the
+"running" judgement is real; a finished child process gives a pid that is
+gone. The status of a real daemon is covered in tests/e2e/test_cli_daemon.py.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from daemon.cli import main
+from daemon.history import ErrorRow
+from daemon.progress import PhaseCount, Progress, RunPlan
+from daemon.status import DaemonStatus, PhaseStatus, Status, StatusWriter
+from tests.conftest import REPO, write_config
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> Path:
+    return write_config(
+        tmp_path / "config.yaml",
+        {
+            "inbox_dir": "inbox",
+            "data_dir": "data",
+            "status_dir": "status",
+            "status": {"stale_after_seconds": 30},
+        },
+    )
+
+
+def training_progress(tmp_path: Path) -> Progress:
+    p = Progress(data_dir=str(tmp_path), costs={"embedding": 0.05, "faces": 0.2})
+    p.set_run(RunPlan([3, 4, 5], {"embedding": [10, 10], "faces": [10, 10], "clustering": [5, 5]}))
+    p.begin_batch(
+        4,
+        "beach 2024",
+        {
+            "embedding": PhaseCount(PhaseStatus.COMPLETED, 20, 20),
+            "faces": PhaseCount(PhaseStatus.RUNNING, 7, 20),
+            "clustering": PhaseCount(PhaseStatus.PENDING, 0, 5),
+        },
+    )
+    p.phase = "faces"
+    p.set_state(DaemonStatus.TRAINING, "Processing 'beach 2024'")
+    p.set_queue({"waiting": 1, "running": 1, "completed": 2}, paused=False)
+    p.set_errors([ErrorRow(datetime.now(UTC), "UNREADABLE_IMAGE", "truncated JPEG", "b/1.jpg", 3)])
+    return p
+
+
+def write(cfg: Path, progress: Progress, **changes: object) -> Path:
+    path = cfg.parent / "status" / "training_status.json"
+    StatusWriter(path, progress.snapshot, busy=lambda: True).flush()
+    if changes:
+        data = json.loads(path.read_text())
+        data.update(changes)
+        path.write_text(Status.model_validate(data).model_dump_json(indent=2))
+    return path
+
+
+def cli(capsys: pytest.CaptureFixture[str], cfg: Path, *argv: str) -> tuple[int, str, str]:
+    code = main(["--config", str(cfg), *argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_a_working_daemon_is_shown_with_bars_and_numbers(cfg, capsys, tmp_path) -> None:
+    path = write(cfg, training_progress(tmp_path))
+    code, out, _ = cli(capsys, cfg, "status")
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0].startswith("training: Processing 'beach 2024'")
+    assert "NOT RUNNING" not in out
+    assert "Batch 4: beach 2024, phase faces" in out
+    assert any(x.startswith("batch ") and "step 27/45" in x and "60.0%" in x for x in lines)
+    assert any(x.startswith("queue ") and "batch 2 of 3" in x for x in lines)
+    faces = next(x for x in lines if x.startswith("▶ faces"))
+    assert "7/20" in faces and "35.0%" in faces and "running" in faces
+    assert any("embedding" in x and "100.0%" in x and "completed" in x for x in lines)
+    assert any(x.lstrip().startswith("clustering") and "pending" in x for x in lines)
+    assert "ETA" in out and "Overall" in out
+    assert "Queue: 1 waiting · 1 running · 2 completed · 0 failed · 0 cancelled" in out
+    assert "UNREADABLE_IMAGE  batch 3 b/1.jpg  truncated JPEG" in out
+
+    code, out, _ = cli(capsys, cfg, "status", "--json")
+    assert code == 0 and out == path.read_text()
+
+
+@pytest.mark.parametrize("why", ["stale", "pid gone", "stopped"])
+def test_a_daemon_that_is_not_running_is_said_so_plainly(cfg, capsys, tmp_path, why) -> None:
+    progress = training_progress(tmp_path)
+    if why == "stale":
+        old = (datetime.now(UTC) - timedelta(minutes=5)).isoformat()
+        write(cfg, progress, updated_at=old)
+        reason = "the status file was last written 5m 00s ago (status.stale_after_seconds is 30)"
+    elif why == "pid gone":
+        child = subprocess.run(
+            [sys.executable, "-c", "import os; print(os.getpid())"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        pid = int(child.stdout)
+        snap = json.loads(progress.snapshot().model_dump_json())
+        write(cfg, progress, daemon={**snap["daemon"], "pid": pid})
+        reason = f"its process (pid {pid}) is gone"
+    else:
+        progress.end_batch()
+        progress.set_state(DaemonStatus.STOPPED, "stopped by SIGTERM")
+        write(cfg, progress)
+        reason = "it stopped at "
+    code, out, _ = cli(capsys, cfg, "status")
+    assert code == 0
+    first = out.splitlines()[0]
+    assert first.startswith(f"NOT RUNNING: the daemon is not running — {reason}")
+    if why == "stopped":
+        assert first.endswith("(stopped by SIGTERM).")
+    # Old progress is history, not live bars.
+    assert "█" not in out and "░" not in out and "ETA" not in out
+    if why != "stopped":
+        assert "it resumes when the daemon starts" in out
+    assert "Start it with `systemctl start imgtrain` or `imgtrain run`." in out
+
+
+def test_without_a_status_file_the_command_says_what_to_do(cfg, capsys) -> None:
+    code, out, err = cli(capsys, cfg, "status")
+    assert code == 1 and out == ""
+    assert err.startswith("imgtrain: NOT_FOUND: there is no status file at ")
+    assert "-> The daemon has not run with this config" in err
+
+
+def test_watch_redraws_until_interrupted(cfg, tmp_path) -> None:
+    progress = training_progress(tmp_path)
+    write(cfg, progress)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "daemon",
+            "--config",
+            str(cfg),
+            "status",
+            "--watch",
+            "--interval",
+            "0.1",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
+
+    def wait_line(text: str, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if text in lines.get(timeout=0.2):
+                    return
+            except queue.Empty:
+                continue
+        raise AssertionError(f"no line with {text!r}")
+
+    # A stand-in daemon process: when it dies the file does not change, and the
+    # watcher must still notice.
+    stand_in = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        wait_line("Processing 'beach 2024'")
+        progress.counts["faces"].step = 12
+        progress.set_state(DaemonStatus.PAUSED, "Paused between chunks")
+        snap = json.loads(progress.snapshot().model_dump_json())
+        write(cfg, progress, daemon={**snap["daemon"], "pid": stand_in.pid})
+        wait_line("paused: Paused between chunks")
+        stand_in.kill()
+        stand_in.wait(timeout=10)
+        wait_line(f"NOT RUNNING: the daemon is not running — its process (pid {stand_in.pid})")
+    finally:
+        stand_in.kill()
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=20)
+    assert code == 0, proc.stderr.read()
