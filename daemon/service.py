@@ -21,9 +21,10 @@ from pathlib import Path
 from types import FrameType
 
 from daemon import history
+from daemon.claim import recover_claims
 from daemon.config import Config, load_config
 from daemon.errors import Cancelled, ImgtrainError, Interrupted, ModelMismatch, ModelUnavailable
-from daemon.inbox import Inbox, recover_claims
+from daemon.inbox import Inbox
 from daemon.logs import batch_context, setup_logging
 from daemon.models import ModelRegistry
 from daemon.phases.base import PhaseContext

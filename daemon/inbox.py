@@ -1,0 +1,403 @@
+"""The inbox: notice dropped folders, wait until they have settled, claim them.
+
+Shaped like Paperless-ngx's consumer: a pure `StabilityTracker` decides when
+something has stopped changing (it is fed snapshots and times, so it is
+tested without a clock or a disk), and a thin `Inbox` feeds it.
+
+Watchdog callbacks only note which top-level inbox entry an event was under;
+all stat work and claiming happens on one scanner thread, so a burst of
+inotify events costs nothing. The scanner only looks at entries that had an
+event (or turned up in the periodic full rescan, the safety net for missed
+events and for network mounts), and only once they have been quiet for
+almost `settle_seconds`. An entry is claimed when it has had no event for
+`settle_seconds` and two scans in a row agree on every file's size and mtime.
+
+Claiming itself, crash-safe, lives in `daemon/claim.py`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import stat
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirModifiedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+from watchdog.observers.api import BaseObserver
+from watchdog.observers.polling import PollingObserver
+
+from daemon import scan
+from daemon.claim import ClaimRefused, claim_entry, claim_loose
+from daemon.config import Config
+from daemon.errors import Code, ConfigError
+from daemon.queue import Ledger
+from daemon.settle import Fingerprint, StabilityTracker
+
+log = logging.getLogger("imgtrain.inbox")
+
+# The key shared by image files dropped straight into the inbox; the slash
+# keeps it apart from any real file name (a folder may well be called "<loose>").
+LOOSE = "<loose>/"
+
+# Only events that mean "something was written": opening or reading files
+# (our own hashing included) must not look like activity.
+WRITE_EVENTS: list[type[FileSystemEvent]] = [
+    FileCreatedEvent,
+    DirCreatedEvent,
+    FileModifiedEvent,
+    DirModifiedEvent,
+    FileMovedEvent,
+    DirMovedEvent,
+    FileDeletedEvent,
+    DirDeletedEvent,
+    FileClosedEvent,
+]
+
+
+# -- the watcher ------------------------------------------------------------------
+
+
+def _check_layout(config: Config, inbox: Path) -> None:
+    """Create the inbox and batches folders, refusing layouts that cannot work."""
+    for key in ("data_dir", "status_dir"):
+        own = Path(getattr(config, key))
+        if own.resolve().is_relative_to(inbox.resolve()):
+            raise ConfigError(
+                f"{key} ({own}) is inside inbox_dir ({inbox}): the daemon would claim its own"
+                " files as photos",
+                hint=f"Move {key} out of the inbox.",
+            )
+    inbox.mkdir(parents=True, exist_ok=True)
+    config.batches_dir.mkdir(parents=True, exist_ok=True)
+    if os.stat(inbox).st_dev != os.stat(config.batches_dir).st_dev:
+        raise ConfigError(
+            f"inbox_dir ({inbox}) and data_dir ({config.data_dir}) are on different"
+            " filesystems: claiming moves each dropped folder with one rename, which only"
+            " works within one filesystem",
+            hint="Put data_dir on the same filesystem (or network share) as inbox_dir.",
+        )
+
+
+class _Events(FileSystemEventHandler):
+    """Runs on watchdog's thread: note the top-level entry, nothing else."""
+
+    def __init__(self, root: Path, note: Callable[[str], None]) -> None:
+        self._prefix = os.fspath(root) + os.sep
+        self._note = note
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        for raw in (event.src_path, event.dest_path):
+            path = os.fsdecode(raw) if raw else ""
+            if path.startswith(self._prefix):
+                name = path[len(self._prefix) :].split(os.sep, 1)[0]
+                if name:
+                    self._note(name)
+
+
+class Inbox:
+    """Watches `config.inbox_dir` and turns settled drops into queued batches.
+
+    `on_queued(batch_id)` and `on_notice(code, message, file)` are called on
+    the scanner thread. `claim` is meant for that thread too.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        ledger: Ledger,
+        on_queued: Callable[[int], None],
+        on_notice: Callable[[str, str, str], None],
+    ) -> None:
+        self.config = config
+        self.ledger = ledger
+        self.on_queued = on_queued
+        self.on_notice = on_notice
+        self.root = Path(os.path.abspath(config.inbox_dir))
+        self.extra = list(config.inbox.ignore)
+        _check_layout(config, self.root)
+        self.tracker = StabilityTracker(config.inbox.settle_seconds)
+        self._lock = threading.Lock()
+        self._touched: dict[str, float] = {}  # top-level name -> time of its latest event
+        # Entries looked at and left alone (no photos yet, a download still in
+        # progress, a refused claim): not scanned again until they change.
+        self._parked: dict[str, Fingerprint] = {}
+        self._notified: dict[str, tuple[str, Fingerprint]] = {}
+        self._refused_links: dict[str, str] = {}  # name -> target it had when refused
+        self._stop = threading.Event()
+        self._observer: BaseObserver | None = None
+        self._thread: threading.Thread | None = None
+        self._next_rescan = 0.0
+
+    # -- lifecycle ---------------------------------------------------------------
+    def start(self) -> None:
+        """Watch, then scan what is already there, then tick on the scanner thread."""
+        self._stop.clear()
+        self._observer = self._start_observer()
+        self._rescan(time.monotonic())
+        self._thread = threading.Thread(target=self._run, name="imgtrain-inbox", daemon=True)
+        self._thread.start()
+        log.info("watching %s (%s)", self.root, type(self._observer).__name__)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._observer is not None:
+            self._observer.stop()
+            self._observer.join(timeout=2)
+            self._observer = None
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+            if self._thread.is_alive():
+                # A daemon thread dies with the process; its half-done claim is
+                # in the ledger as 'claiming' and recover_claims finishes it.
+                log.warning("inbox scanner still busy claiming; it finishes on the next start")
+            self._thread = None
+
+    def _start_observer(self) -> BaseObserver:
+        handler = _Events(self.root, self._note)
+        if not self.config.inbox.polling:
+            try:
+                return self._watch(Observer(), handler)
+            except OSError as exc:  # usually fs.inotify.max_user_watches or _instances
+                log.warning("inotify unavailable (%s); polling %s instead", exc, self.root)
+        poll = max(1.0, self.config.inbox.scan_interval_seconds)
+        return self._watch(PollingObserver(timeout=poll), handler)
+
+    def _watch(self, observer: BaseObserver, handler: _Events) -> BaseObserver:
+        observer.schedule(handler, str(self.root), recursive=True, event_filter=WRITE_EVENTS)
+        observer.start()
+        return observer
+
+    def _note(self, name: str) -> None:
+        at = time.monotonic()
+        with self._lock:
+            self._touched[name] = at
+
+    def _run(self) -> None:
+        interval = self.config.inbox.scan_interval_seconds
+        while not self._stop.wait(interval):
+            self._tick(time.monotonic())
+
+    # -- one tick -------------------------------------------------------------------
+    def _tick(self, now: float) -> None:
+        with self._lock:
+            touched, self._touched = self._touched, {}
+        if now >= self._next_rescan:
+            self._rescan(now)
+        for name, at in sorted(touched.items()):
+            self._on_event(name, at)
+        lead = self.config.inbox.scan_interval_seconds
+        for key in self.tracker.pending():
+            if self._stop.is_set():
+                return
+            # Take the baseline scan one tick early, so the agreeing second
+            # scan lands right when the quiet period ends.
+            if self.tracker.due(key, now + lead):
+                self._step(key, now)
+
+    def _classify(self, name: str) -> str | None:
+        """The tracker key for a top-level name; raises FileNotFoundError if it is gone."""
+        path = self.root / name
+        st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode):
+            try:
+                if self._refused_links.get(name) == os.readlink(path):
+                    return None  # reported once; the same link is not news
+                st = os.stat(path)
+            except OSError:
+                return None  # broken link or link loop: nothing to claim
+        if stat.S_ISDIR(st.st_mode):
+            return None if scan.is_ignored(name, self.extra) else name
+        if stat.S_ISREG(st.st_mode):
+            if scan.is_ignored(name, self.extra) and not scan.is_partial(name):
+                return None
+            return LOOSE  # a loose download in progress holds the loose group back
+        return None
+
+    def _on_event(self, name: str, now: float) -> None:
+        try:
+            key = self._classify(name)
+        except FileNotFoundError:
+            self._drop(name)
+            if LOOSE in self.tracker or LOOSE in self._parked:
+                self._poke(LOOSE, now)  # it may have been a loose file
+            return
+        if key is not None:
+            self._poke(key, now)
+
+    def _poke(self, key: str, now: float) -> None:
+        """Activity under `key`: track it again, unless it is parked and unchanged."""
+        if key in self._parked:
+            try:
+                same = self._survey(key).fingerprint() == self._parked[key]
+            except FileNotFoundError:
+                self._drop(key)
+                return
+            if same:
+                return  # e.g. the events our own claim of a neighbour caused
+            del self._parked[key]
+        self.tracker.touch(key, now)
+
+    def _rescan(self, now: float) -> None:
+        self._next_rescan = now + self.config.inbox.rescan_seconds
+        try:
+            names = os.listdir(self.root)
+        except OSError as exc:
+            log.error("cannot list the inbox %s: %s", self.root, exc)
+            return
+        keys = set()
+        for name in names:
+            try:
+                key = self._classify(name)
+            except FileNotFoundError:
+                continue
+            if key is not None:
+                keys.add(key)
+        for key in sorted(keys):
+            if key not in self.tracker:
+                self._poke(key, now)
+        present = {*names, *keys}
+        for key in {*self._parked, *self._notified, *self._refused_links} - present:
+            self._drop(key)
+
+    def _drop(self, key: str) -> None:
+        self.tracker.forget(key)
+        self._parked.pop(key, None)
+        self._notified.pop(key, None)
+        self._refused_links.pop(key, None)
+
+    def _survey(self, key: str) -> scan.Survey:
+        if key == LOOSE:
+            return scan.survey_loose(self.root, self.extra)
+        return scan.survey(self.root / key, self.extra)
+
+    def _step(self, key: str, now: float) -> None:
+        try:
+            survey = self._survey(key)
+        except FileNotFoundError:
+            self._drop(key)
+            return
+        fingerprint = survey.fingerprint()
+        self.tracker.observe(key, fingerprint, now)
+        if not self.tracker.quiet(key, now):
+            return
+        self.tracker.forget(key)
+        self._parked[key] = fingerprint
+        if survey.partial:
+            log.info("%s holds a download still in progress; waiting", key)
+            return
+        try:
+            if key == LOOSE:
+                self._claim_loose(survey)
+            else:
+                self.claim(self.root / key)
+        except ClaimRefused as exc:
+            log.warning("could not claim %s: %s", key, exc)
+            self.on_notice(str(exc.code), exc.message, str(self.root / key))
+        except (OSError, sqlite3.Error) as exc:
+            # The ledger still says 'claiming'; recover_claims finishes it on restart.
+            log.exception("claiming %s failed", key)
+            self.on_notice(Code.BATCH_FAILED, f"claiming failed: {exc}", str(self.root / key))
+        if key == LOOSE and LOOSE in self._parked:
+            try:  # what is left (non-photos, files that would not move) waits for a change
+                self._parked[LOOSE] = scan.survey_loose(self.root, self.extra).fingerprint()
+            except OSError:
+                self._parked.pop(LOOSE, None)
+
+    # -- claiming -------------------------------------------------------------------
+    def claim(self, entry: Path) -> int | None:
+        """Claim a settled folder (or link to one) now; None if there is nothing to claim.
+
+        Raises ClaimRefused when it cannot be moved (its batch is then failed).
+        """
+        entry = Path(entry)
+        key = entry.name
+        problem = self._link_problem(entry) if entry.is_symlink() else None
+        if problem:
+            self._refused_links[key] = os.readlink(entry)
+            self._notice_once(key, entry, Code.SYMLINK_SKIPPED, problem)
+            return None
+        try:
+            found = scan.has_images(entry, self.extra)
+        except PermissionError:
+            self._notice_once(
+                key,
+                entry,
+                Code.PERMISSION_DENIED,
+                f"cannot read '{scan.printable(key)}': permission denied; it is claimed once"
+                " the daemon can read it",
+            )
+            return None
+        if not found:
+            self._notice_once(
+                key,
+                entry,
+                Code.NO_IMAGES,
+                f"'{scan.printable(key)}' holds no photos (yet); it stays in the inbox and is"
+                " claimed once photos appear in it",
+            )
+            return None
+        batch_id = claim_entry(self.ledger, self.config, entry)
+        self._notified.pop(key, None)
+        self.on_queued(batch_id)
+        return batch_id
+
+    def _claim_loose(self, survey: scan.Survey) -> int | None:
+        paths = [self.root / name for name in sorted(survey.files)]
+        photos = [p for p in paths if scan.is_image_candidate(p)]
+        if not photos:
+            if survey.files:  # only junk at the top is not worth a word
+                self._notice_once(
+                    LOOSE,
+                    self.root,
+                    Code.NO_IMAGES,
+                    f"the loose files in the inbox are not photos ({len(paths)} files);"
+                    " they stay where they are",
+                )
+            return None
+        batch_id = claim_loose(self.ledger, self.config, photos)
+        self._notified.pop(LOOSE, None)
+        self.on_queued(batch_id)
+        return batch_id
+
+    def _notice_once(self, key: str, entry: Path, code: Code, message: str) -> None:
+        try:
+            content = self._survey(key).files  # junk churn (Finder's .DS_Store) is no news
+        except OSError:
+            content = {}
+        if self._notified.get(key) == (code, content):
+            return
+        self._notified[key] = (code, content)
+        log.info("%s: %s", code, message)
+        self.on_notice(str(code), message, str(entry))
+
+    def _link_problem(self, entry: Path) -> str | None:
+        """Why a dropped link must not be followed, or None if it may."""
+        try:
+            target = entry.resolve(strict=True)
+        except (OSError, RuntimeError):
+            return f"the link '{scan.printable(entry.name)}' is broken"
+        for own in (self.root, self.config.data_dir, self.config.status_dir):
+            own = Path(own).resolve()
+            if target == own or own.is_relative_to(target) or target.is_relative_to(own):
+                return (
+                    f"the link '{scan.printable(entry.name)}' points at {target}, which holds or"
+                    " is inside the daemon's own folders; link a photo folder elsewhere instead"
+                )
+        return None
