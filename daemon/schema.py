@@ -113,5 +113,12 @@ CREATE TABLE IF NOT EXISTS faces (
 CREATE INDEX IF NOT EXISTS faces_batch ON faces(batch_id);
 CREATE INDEX IF NOT EXISTS faces_cluster ON faces(cluster_id);
 CREATE INDEX IF NOT EXISTS faces_person ON faces(person_id);
-CREATE INDEX IF NOT EXISTS faces_pool ON faces(clustered, cluster_id, person_id);
+CREATE INDEX IF NOT EXISTS faces_pool ON faces(clustered, cluster_id, person_id, created_at);
+-- A face the user took away from a person is never given back to them automatically.
+CREATE TABLE IF NOT EXISTS face_rejections (
+    face_id TEXT NOT NULL,
+    person_id INTEGER NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (face_id, person_id)
+);
 """

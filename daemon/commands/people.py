@@ -8,6 +8,7 @@ so a person can see whom a cluster holds before naming it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -51,7 +52,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     sh.add_argument("--tile", type=int, default=160, help="pixels per face (default 160)")
     sh.add_argument("--columns", type=int, default=None, help="faces per row (default: square)")
-    for parser in (ls, n, m, u, s, sh):
+    rc = actions.add_parser(
+        "recluster", help="cluster all unnamed faces afresh (ids kept where groups overlap)"
+    )
+    for parser in (ls, n, m, u, s, sh, rc):
         render.add_json_flag(parser, sub=True)
 
 
@@ -81,6 +85,15 @@ def run(args: argparse.Namespace) -> int:
                 f"face {short(face.face_id)} went back to the unknown faces;"
                 " it will not be given to that person again by itself",
                 face,
+                args.json,
+            )
+        if action == "recluster":
+            res = people.recluster(ledger, store, config)
+            return _changed(
+                f"reclustered {res.faces} unnamed faces in {res.seconds:.1f} s: clusters"
+                f" {res.clusters_before} -> {res.clusters_after} ({res.kept} kept,"
+                f" {res.created} new, {res.removed} gone), {res.noise} faces unclustered",
+                res,
                 args.json,
             )
         raise AssertionError(f"unknown action {action}")
@@ -180,7 +193,9 @@ def _as_json(obj: Any) -> dict[str, Any]:
         return _person_json(obj)
     if isinstance(obj, people.ClusterInfo):
         return _cluster_json(obj)
-    return {"kind": "face", **_face_json(obj)}
+    if isinstance(obj, people.FaceRef):
+        return {"kind": "face", **_face_json(obj)}
+    return {"kind": "recluster", **dataclasses.asdict(obj)}
 
 
 def _changed(message: str, obj: Any, as_json: bool) -> int:

@@ -172,6 +172,13 @@ def test_people_list_name_show_unassign_merge_and_sheet(library: Daemon, capsys)
     code, _, err = cli(capsys, library, "people", "show", "Nobody")
     assert code == 1 and "NOT_FOUND" in err
 
+    # A full recluster of the unnamed faces keeps the cluster ids people have seen.
+    before = {c["cluster_id"] for c in cli_json(capsys, library, "people")["clusters"]}
+    res = cli_json(capsys, library, "people", "recluster")
+    assert res["kind"] == "recluster"
+    assert (res["clusters_after"], res["kept"], res["created"]) == (len(before), len(before), 0)
+    assert {c["cluster_id"] for c in cli_json(capsys, library, "people")["clusters"]} == before
+
 
 def test_search_by_text_and_by_photo(library: Daemon, capsys) -> None:
     data = cli_json(capsys, library, "search", "a man in a suit", "-n", "3")
