@@ -194,7 +194,16 @@ class Progress:
         with self._lock:
             self.batch_id, self.batch_name = batch_id, name
             self.counts = counts
-            self.phase = None
+            # The first phase with work left is what the batch is doing from its
+            # first moment (decoding for it), so a reader never sees a batch without one.
+            self.phase = next(
+                (
+                    p
+                    for p in PHASES
+                    if counts[p].status not in (PhaseStatus.SKIPPED, PhaseStatus.COMPLETED)
+                ),
+                None,
+            )
             self._floor = 0.0
             self._floor_total = 0
             self._last_report = time.monotonic()
