@@ -44,9 +44,9 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from daemon import scan
-from daemon.claim import ClaimRefused, claim_entry, claim_loose
+from daemon.claim import ClaimRefused, claim_entry, claim_loose, recover_claims
 from daemon.config import Config
-from daemon.errors import Code, ConfigError
+from daemon.errors import Code, ConfigError, DiskFull
 from daemon.queue import Ledger
 from daemon.settle import Fingerprint, StabilityTracker
 
@@ -144,6 +144,7 @@ class Inbox:
         self._observer: BaseObserver | None = None
         self._thread: threading.Thread | None = None
         self._next_rescan = 0.0
+        self._recover_pending = False
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
@@ -199,6 +200,8 @@ class Inbox:
         with self._lock:
             touched, self._touched = self._touched, {}
         if now >= self._next_rescan:
+            if self._recover_pending:
+                self._recover()
             self._rescan(now)
         for name, at in sorted(touched.items()):
             self._on_event(name, at)
@@ -210,6 +213,17 @@ class Inbox:
             # scan lands right when the quiet period ends.
             if self.tracker.due(key, now + lead):
                 self._step(key, now)
+
+    def _recover(self) -> None:
+        """Finish claims a full disk interrupted, once there is room again."""
+        try:
+            queued = recover_claims(self.ledger, self.config)
+        except DiskFull as exc:
+            log.info("still no room to finish interrupted claims: %s", exc)
+            return
+        self._recover_pending = False
+        for batch_id in queued:
+            self.on_queued(batch_id)
 
     def _classify(self, name: str) -> str | None:
         """The tracker key for a top-level name; raises FileNotFoundError if it is gone."""
@@ -309,6 +323,14 @@ class Inbox:
                 self.claim(self.root / key)
         except ClaimRefused as exc:
             log.warning("could not claim %s: %s", key, exc)
+            self.on_notice(str(exc.code), exc.message, str(self.root / key))
+        except DiskFull as exc:
+            # Not the folder's fault: look at it again once it has settled anew, and
+            # finish any claim the full disk interrupted half-way.
+            log.warning("could not claim %s: %s", key, exc)
+            self._parked.pop(key, None)
+            self.tracker.touch(key, now)
+            self._recover_pending = True
             self.on_notice(str(exc.code), exc.message, str(self.root / key))
         except (OSError, sqlite3.Error) as exc:
             # The ledger still says 'claiming'; recover_claims finishes it on restart.

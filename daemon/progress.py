@@ -127,6 +127,8 @@ class Progress:
         self.totals = Totals()
         self.last_batch: LastBatch | None = None
         self.errors: list[ErrorEntry] = []
+        self._ledger_errors: list[ErrorEntry] = []
+        self._noted_errors: list[ErrorEntry] = []
         self._proc = _process()
 
     # -- daemon state --------------------------------------------------------
@@ -155,18 +157,24 @@ class Progress:
 
     def set_errors(self, rows: list[ErrorRow]) -> None:
         with self._lock:
-            self.errors = [
+            self._ledger_errors = [
                 ErrorEntry(
                     at=r.at, code=r.code, message=r.message, file=r.file, batch_id=r.batch_id
                 )
                 for r in rows[: self._max_errors]
             ]
+            self._merge_errors()
 
     def note_error(self, code: str, message: str, file: str | None = None) -> None:
-        """An error that is not in the ledger (e.g. an inbox notice) joins the list."""
+        """An error the ledger could not take (its disk is full) still reaches the status."""
         with self._lock:
             entry = ErrorEntry(at=utcnow(), code=code, message=message, file=file)
-            self.errors = [entry, *self.errors][: self._max_errors]
+            self._noted_errors = [entry, *self._noted_errors][: self._max_errors]
+            self._merge_errors()
+
+    def _merge_errors(self) -> None:
+        both = [*self._ledger_errors, *self._noted_errors]
+        self.errors = sorted(both, key=lambda e: e.at, reverse=True)[: self._max_errors]
 
     def set_last_batch(self, s: BatchSummary) -> None:
         with self._lock:

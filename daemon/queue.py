@@ -7,6 +7,7 @@ AUTOINCREMENT and are never reused, even after `queue cleanup`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from daemon.errors import InvalidState, NotFound
+from daemon.errors import DiskFull, InvalidState, NotFound
 from daemon.queue_claims import ClaimsMixin, FileEntry, SkippedFile
 from daemon.schema import SCHEMA, SCHEMA_VERSION
 from daemon.states import BatchState, PhaseState
@@ -65,6 +66,12 @@ class Batch:
         )
 
 
+def _disk_full(exc: sqlite3.Error) -> bool:
+    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(
+        exc
+    )
+
+
 class Ledger(ClaimsMixin):
     """One connection per thread to the same SQLite file."""
 
@@ -102,13 +109,17 @@ class Ledger(ClaimsMixin):
         if conn.in_transaction:  # nested: join the outer transaction
             yield conn
             return
-        conn.execute("BEGIN IMMEDIATE")
         try:
+            conn.execute("BEGIN IMMEDIATE")
             yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error) and _disk_full(exc):
+                raise DiskFull(f"the ledger's disk is full ({self.path}): {exc}") from exc
             raise
-        conn.execute("COMMIT")
 
     def close(self) -> None:
         conn = getattr(self._local, "conn", None)

@@ -23,7 +23,14 @@ from types import FrameType
 from daemon import history
 from daemon.claim import recover_claims
 from daemon.config import Config, load_config
-from daemon.errors import Cancelled, ImgtrainError, Interrupted, ModelMismatch, ModelUnavailable
+from daemon.errors import (
+    Cancelled,
+    DiskFull,
+    ImgtrainError,
+    Interrupted,
+    ModelMismatch,
+    ModelUnavailable,
+)
 from daemon.inbox import Inbox
 from daemon.logs import batch_context, setup_logging
 from daemon.models import ModelRegistry
@@ -43,6 +50,7 @@ log = logging.getLogger("imgtrain")
 EXIT_OK = 0
 EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h; the unit's RestartPreventExitStatus names it
 TOTALS_EVERY = 10.0  # seconds between refreshes of library-wide totals in the status file
+DISK_RETRY_SECONDS = 3.0  # how often a daemon stopped by a full disk tries again
 
 
 class Service:
@@ -123,11 +131,14 @@ class Service:
 
     def _on_notice(self, code: str, message: str, file: str) -> None:
         log.warning("%s: %s (%s)", code, message, file)
-        with self.ledger.transaction() as conn:
-            conn.execute(
-                "INSERT INTO errors(at, file, code, message) VALUES (?,?,?,?)",
-                (time.time(), file, code, message),
-            )
+        try:
+            with self.ledger.transaction() as conn:
+                conn.execute(
+                    "INSERT INTO errors(at, file, code, message) VALUES (?,?,?,?)",
+                    (time.time(), file, code, message),
+                )
+        except DiskFull:  # the status file may well be on another disk: say it there
+            self.progress.note_error(code, message, file)
         self.writer.poke()
 
     def _refresh_run(self) -> None:
@@ -217,12 +228,27 @@ class Service:
         log.info("watching %s (pid ready)", self.config.inbox_dir)
         try:
             while not self.stop.is_set():
-                self._tick()
+                try:
+                    self._tick()
+                except DiskFull as exc:
+                    self._disk_full(exc)
         except Interrupted:
             pass
         finally:
             self._shutdown()
         return EXIT_OK
+
+    def _disk_full(self, exc: DiskFull) -> None:
+        """Nothing is failed for a full disk: say so, wait, and carry on where it stopped."""
+        log.error("%s; retrying every %.0f s", exc, DISK_RETRY_SECONDS)
+        self.progress.note_error(str(exc.code), exc.message)
+        self.progress.set_state(
+            DaemonStatus.ERROR,
+            f"{exc.code}: {exc.message}; waiting for free space, nothing is lost",
+            ErrorInfo(code=str(exc.code), message=exc.message, hint=exc.hint),
+        )
+        self.writer.poke()
+        self._wait(DISK_RETRY_SECONDS)
 
     def _tick(self) -> None:
         self.notifier.watchdog()
@@ -319,6 +345,11 @@ class Service:
             except Interrupted:
                 # The batch stays `running`: the next start resumes it.
                 self.ledger.add_batch_seconds(batch.batch_id, time.monotonic() - t0)
+                raise
+            except DiskFull:
+                # The batch stays `running` and resumes when there is room.
+                self.current = None
+                self.progress.end_batch()
                 raise
             except Cancelled as exc:
                 state, code, message = BatchState.CANCELLED, str(exc.code), exc.message
