@@ -17,6 +17,7 @@ Claiming itself, crash-safe, lives in `daemon/claim.py`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sqlite3
@@ -234,8 +235,16 @@ class Inbox:
                 if self._refused_links.get(name) == os.readlink(path):
                     return None  # reported once; the same link is not news
                 st = os.stat(path)
-            except OSError:
-                return None  # broken link or link loop: nothing to claim
+            except OSError as exc:  # broken link or link loop: nothing to claim, say so once
+                with contextlib.suppress(OSError):
+                    self._refused_links[name] = os.readlink(path)
+                    self._notice_once(
+                        name,
+                        path,
+                        Code.SYMLINK_SKIPPED,
+                        f"a link that leads to no folder ({exc.strerror}); it is left alone",
+                    )
+                return None
         if stat.S_ISDIR(st.st_mode):
             return None if scan.is_ignored(name, self.extra) else name
         if stat.S_ISREG(st.st_mode):
