@@ -89,6 +89,7 @@ class Service:
         self._models_error: ImgtrainError | None = None
         self._next_model_try = 0.0
         self._totals_at = 0.0
+        self._started = time.monotonic()
         self.random_weights = False
         self.stop_reason = "stopped"
 
@@ -411,6 +412,14 @@ class Service:
         self.progress.set_state(DaemonStatus.STOPPED, message)
         self.writer.stop()
         self.writer.flush()
+        w, up = self.writer, time.monotonic() - self._started
+        log.info(
+            "status file: %d writes, %.2f ms each, %.3f%% of %.0f s running",
+            w.writes,
+            1000 * w.write_seconds / max(w.writes, 1),
+            100 * w.write_seconds / up,
+            up,
+        )
         log.info("%s", message)
 
 
