@@ -219,14 +219,15 @@ class Store:
         self, name: str, model: str, dim: int, stored_model: Any, stored_dim: Any
     ) -> ModelMismatch:
         if self._cfg.url:
-            fresh = f"point store.url at another Chroma server (or delete its '{name}' collection)"
+            fresh = "point store.url at another Chroma server"
         else:
-            fresh = f"move {self._path} aside (or point store.path at a new directory)"
+            fresh = "start a new library (a new data_dir)"
         return ModelMismatch(
             f"collection '{name}' holds vectors of another model: configured {model} dim {dim}"
             f" vs stored {stored_model} dim {stored_dim}",
             hint=f"Set {_MODEL_KEYS[name]} back to {stored_model} to keep using these vectors,"
-            f" or {fresh} to re-index everything with {model}.",
+            f" or {fresh} and drop the photos into its inbox again to index them with {model}"
+            " (the ledger of this library records them as done).",
         )
 
     def _tune(self, name: str, col: Collection) -> None:
