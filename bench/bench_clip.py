@@ -1,7 +1,8 @@
 """1. CLIP image embeddings: the daemon's ClipModel against a plain open_clip loop.
 
-Ours is what the daemon runs: `daemon.imaging.decode` in `decode.workers`
-threads running ahead of the model, then `ClipModel.embed_images` with the
+Ours is what the daemon runs: `daemon.imaging.decode` and
+`ClipModel.preprocess` (the embedding phase's `prepare`) in `decode.workers`
+threads running ahead of the model, then `ClipModel.embed_tensors` with the
 default config (`batch_size` 32, `precision: auto`, threads 0). The baseline is
 the loop most people write: PIL open, open_clip's preprocess, fp32, eager,
 batch 32, no overlap. Both load the same local ViT-B-32 weights file, each in
@@ -59,7 +60,8 @@ class Ours:
                 paths,
                 self.cfg.decode,
                 self.cfg.clip.batch_size,
-                lambda ds: parts.append(self.clip.embed_images([d.image for d in ds])),
+                lambda done: parts.append(self.clip.embed_tensors([t for _, t in done])),
+                lambda d: self.clip.preprocess(d.image),
             )
         return np.concatenate(parts), sw.wall
 

@@ -58,16 +58,17 @@ class Bare:
         self.faces.load()
 
     def run(self, paths: list[Path], overlapped: bool = False) -> float:
-        from daemon.imaging import to_bgr
-
         def process(chunk: list[Any]) -> None:
-            self.clip.embed_images([d.image for d in chunk])
-            for d in chunk:
-                self.faces.analyze(to_bgr(d.image), d.scale)
+            self.clip.embed_tensors([t for _, t in chunk])
+            for _ in self.faces.analyze_images([(d.image, d.scale) for d, _ in chunk]):
+                pass
+
+        def prepare(d: Any) -> Any:
+            return self.clip.preprocess(d.image)
 
         runner = run_overlapped if overlapped else run_sequential
         with Stopwatch() as sw:
-            runner(paths, self.cfg.decode, self.cfg.clip.batch_size, process)
+            runner(paths, self.cfg.decode, self.cfg.clip.batch_size, process, prepare)
         return len(paths) / sw.wall
 
 

@@ -3,7 +3,8 @@
 Both use the same two ONNX files (det_2.5g detector, mobilefacenet_128
 recognizer) from one pack directory and detect at 640x640. Ours is what the
 daemon runs: `daemon.imaging.decode` ahead in `decode.workers` threads, then
-`FaceAnalyzer.analyze` on each decoded image. The baseline is insightface as
+`FaceAnalyzer.analyze_images` on each chunk (`faces.threads` images at a time,
+one onnxruntime thread each). The baseline is insightface as
 its README uses it: `cv2.imread`, then `FaceAnalysis.get`, image by image.
 
 Target: ours >= 1.5x the baseline's images/s, finding the same number of faces
@@ -44,7 +45,7 @@ def insightface_app() -> Any:
 def run(ctx: Context) -> list[Row]:
     import cv2
 
-    from daemon.imaging import decode, to_bgr
+    from daemon.imaging import decode
     from daemon.models.faces import FaceAnalyzer
 
     cfg = assets.config(ctx.work / "faces")
@@ -58,8 +59,8 @@ def run(ctx: Context) -> list[Row]:
 
         def process(chunk: list[Any]) -> None:
             nonlocal done
-            for d in chunk:
-                counts[paths[done]] = len(ours.analyze(to_bgr(d.image), d.scale))
+            for faces in ours.analyze_images([(d.image, d.scale) for d, _ in chunk]):
+                counts[paths[done]] = len(faces)
                 done += 1
 
         run_overlapped(paths, cfg.decode, cfg.clip.batch_size, process)
@@ -97,14 +98,14 @@ def run(ctx: Context) -> list[Row]:
     ours_imgs = []
     for p in mem_paths:
         d = decode(p, cfg.decode)
-        ours_imgs.append((to_bgr(d.image), d.scale))
+        ours_imgs.append((d.image, d.scale))
     base_imgs = [cv2.imread(str(p)) for p in mem_paths]
 
     def mem_rate(is_ours: bool) -> float:
         with Stopwatch() as sw:
             if is_ours:
-                for bgr, scale in ours_imgs:
-                    ours.analyze(bgr, scale)
+                for _ in ours.analyze_images(ours_imgs):
+                    pass
             else:
                 for img in base_imgs:
                     app.get(img)

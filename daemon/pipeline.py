@@ -1,9 +1,10 @@
 """Runs one batch through the phases, in order, resuming where it stopped.
 
 Image phases (embedding, faces) share one decode of each photo: a small thread
-pool decodes chunk i+1 while the models work on chunk i, and every image phase
-processes the chunk before the next is taken, so memory stays bounded by two
-chunks. Batch phases (clustering) run once the image phases are done.
+pool decodes chunk i+1, and runs each phase's `prepare` on it (CLIP's
+preprocessing), while the models work on chunk i; every image phase processes
+the chunk before the next is taken, so memory stays bounded by a few chunks.
+Batch phases (clustering) run once the image phases are done.
 
 Steps are counted from the ledger when a batch starts (so a resumed batch
 starts where it stopped) and advanced as phases report. Control requests
@@ -187,7 +188,7 @@ class Pipeline:
             d = decode(path, self.decode_cfg)
         except ImageError as exc:
             return DecodeFailure(row, exc)
-        return DecodedImage(
+        decoded = DecodedImage(
             image_id=row["image_id"],
             sha256=row["sha256"],
             path=path,
@@ -199,6 +200,14 @@ class Pipeline:
             captured_at=d.captured_at,
             pending=frozenset(row["phases"].split(",")),
         )
+        try:
+            for phase in self.image_phases:
+                if phase.name in decoded.pending:
+                    decoded.prepared[phase.name] = phase.prepare(decoded)
+        except ImageError as exc:
+            d.image.close()
+            return DecodeFailure(row, exc)
+        return decoded
 
     def _process_chunk(self, info: BatchInfo, futures: list[Future[Any]]) -> None:
         results = [fut.result() for fut in futures]
@@ -221,6 +230,7 @@ class Pipeline:
             self.ledger.record_outcomes(info.batch_id, phase.name, outcomes)
         for d in decoded:
             d.image.close()
+            d.prepared.clear()
 
     def _start_phase(self, info: BatchInfo, name: str) -> None:
         if self.progress.phase != name or self.progress.counts[name].status == PhaseStatus.PENDING:

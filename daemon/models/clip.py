@@ -270,8 +270,21 @@ class ClipModel(InferenceModel):
 
     # -- inference ------------------------------------------------------------
     def preprocess(self, img: Image.Image) -> torch.Tensor:
-        """The model's validation transform: resize, centre crop, normalise."""
+        """The model's validation transform (resize, centre crop, normalise), as a tensor.
+
+        Thread-safe and free of model state, so the pipeline runs it in its
+        decode workers while the model embeds the previous chunk. A photo
+        larger than twice the model's input on both sides is first shrunk by
+        an integer box filter (Pillow's `reduce`, what `reducing_gap` does):
+        the model's bicubic resize then reads 4-9x fewer pixels, and the
+        input differs from the direct resize by about 0.004 of a normalised
+        unit on average (embedding cosine >= 0.9999, bench/bench_clip.py).
+        """
         self.load()
+        tw, th = self._input_size()
+        factor = min(img.width // (2 * tw), img.height // (2 * th))
+        if factor >= 2:
+            img = img.reduce(factor)
         return self._preprocess(img)
 
     def _predict(self, images: list[Image.Image]) -> np.ndarray:
@@ -279,15 +292,19 @@ class ClipModel(InferenceModel):
 
     def embed_images(self, images: list[Image.Image]) -> np.ndarray:
         """(n, dim) float32, each row L2-normalised."""
+        return self.embed_tensors([self.preprocess(img) for img in images])
+
+    def embed_tensors(self, tensors: list[torch.Tensor]) -> np.ndarray:
+        """(n, dim) float32 for tensors from `preprocess`, each row L2-normalised."""
         import torch
 
         self.load()
-        out = np.empty((len(images), self._dim), dtype=np.float32)
+        out = np.empty((len(tensors), self._dim), dtype=np.float32)
         step = self.cfg.batch_size
         with torch.inference_mode():
-            for start in range(0, len(images), step):
-                chunk = images[start : start + step]
-                x = torch.stack([self._preprocess(img) for img in chunk]).to(self._dtype)
+            for start in range(0, len(tensors), step):
+                chunk = tensors[start : start + step]
+                x = torch.stack(chunk).to(self._dtype)
                 out[start : start + len(chunk)] = self._normalise(self._model.encode_image(x))
         return out
 

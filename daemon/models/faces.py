@@ -7,14 +7,25 @@ ModelRouter does it, from their input and output shapes, so any pack laid
 out like insightface's works. Sessions come from `make_ort_session` and are
 handed to insightface's own SCRFD and ArcFaceONNX classes, so thread counts
 and providers are ours while the pre- and post-processing is insightface's.
+
+The models are small (a 640x640 detector, a 112x112 recognizer), so one
+onnxruntime thread per image, with `faces.threads` images at a time, keeps the
+cores busier than several threads on one image: on 2 cores, 1.3x the images
+per second (bench/bench_faces.py). Sessions are safe to run from several
+threads at once, and insightface's pre- and post-processing keeps no
+per-image state on the model objects.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 import zipfile
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,10 +33,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from daemon.errors import ModelUnavailable
-from daemon.models.base import InferenceModel, make_ort_session
+from daemon.imaging import to_bgr
+from daemon.models.base import InferenceModel, default_threads, make_ort_session
 
 if TYPE_CHECKING:
     import onnxruntime
+    from PIL import Image
 
     from daemon.config import FacesConfig
 
@@ -33,6 +46,7 @@ log = logging.getLogger(__name__)
 
 PACK_URL = "https://github.com/deepinsight/insightface/releases/download/v0.7/{pack}.zip"
 NMS_THRESHOLD = 0.4  # insightface's default for SCRFD
+DET_STRIDE = 32  # SCRFD's coarsest feature stride: its input sides must be multiples
 PROBE_TIMEOUT = 10.0  # seconds for the request that tells whether the release server answers
 
 
@@ -81,6 +95,8 @@ class FaceAnalyzer(InferenceModel):
         self._rec: Any = None
         self._align: Any = None
         self._one_at_a_time = False
+        self._det_dynamic = False
+        self.parallel = cfg.threads if cfg.threads > 0 else default_threads()
 
     @property
     def dim(self) -> int:
@@ -108,6 +124,8 @@ class FaceAnalyzer(InferenceModel):
         side = self.cfg.det_size
         det.prepare(0, input_size=(side, side), det_thresh=self.cfg.min_confidence)
         det.nms_thresh = NMS_THRESHOLD
+        det_shape = det_session.get_inputs()[0].shape
+        self._det_dynamic = not all(isinstance(d, int) for d in det_shape[2:])
         rec = arcface_cls(model_file=str(rec_path), session=rec_session)
         out = rec_session.get_outputs()[0].shape
         self._det, self._rec, self._align = det, rec, face_align
@@ -175,7 +193,7 @@ class FaceAnalyzer(InferenceModel):
     ) -> tuple[
         tuple[Path, onnxruntime.InferenceSession], tuple[Path, onnxruntime.InferenceSession]
     ]:
-        threads = self.cfg.threads
+        threads = 1  # per image; `parallel` images run at once (see the module's docstring)
         det: tuple[Path, Any] | None = None
         rec: tuple[Path, Any] | None = None
         if self.cfg.detector:
@@ -210,6 +228,34 @@ class FaceAnalyzer(InferenceModel):
     def _predict(self, bgr: np.ndarray, scale: float = 1.0) -> list[Face]:
         return self.analyze(bgr, scale)
 
+    def analyze_images(self, images: Sequence[tuple[Image.Image, float]]) -> Iterator[list[Face]]:
+        """analyze() for each (RGB image, scale), `parallel` at a time; results in order.
+
+        At most 2 x `parallel` images are converted to BGR at any moment, so
+        memory stays flat however long the list. A consumer that stops early
+        cancels what has not started.
+        """
+        self.load()
+        if self.parallel == 1 or len(images) <= 1:
+            for img, scale in images:
+                yield self.analyze(to_bgr(img), scale)
+            return
+        pool = ThreadPoolExecutor(self.parallel, thread_name_prefix="faces")
+        try:
+            todo = iter(images)
+            ahead: deque[Future[list[Face]]] = deque()
+            for img, scale in todo:
+                ahead.append(pool.submit(self._analyze_rgb, img, scale))
+                if len(ahead) >= 2 * self.parallel:
+                    yield ahead.popleft().result()
+            while ahead:
+                yield ahead.popleft().result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _analyze_rgb(self, img: Image.Image, scale: float) -> list[Face]:
+        return self.analyze(to_bgr(img), scale)
+
     def analyze(self, bgr: np.ndarray, scale: float = 1.0) -> list[Face]:
         """Faces in `bgr` (a possibly reduced decode: `scale` = its size / the original's).
 
@@ -217,7 +263,7 @@ class FaceAnalyzer(InferenceModel):
         right (then top to bottom) so their numbering is the same on every run.
         """
         self.load()
-        boxes, kpss = self._det.detect(bgr, max_num=0)
+        boxes, kpss = self._det.detect(bgr, input_size=self._det_input(bgr.shape), max_num=0)
         if boxes.shape[0] == 0:
             return []
         height, width = bgr.shape[0] / scale, bgr.shape[1] / scale
@@ -247,6 +293,23 @@ class FaceAnalyzer(InferenceModel):
             for (bbox, score, kps), feat in zip(kept, feats, strict=True)
         ]
 
+    def _det_input(self, shape: tuple[int, ...]) -> tuple[int, int] | None:
+        """The detector's input (width, height) for an image of `shape`.
+
+        insightface scales the image to fit det_size x det_size and pads the
+        rest with black, so a 3:2 photo spends a third of the detector's work
+        on padding. A detector with a dynamic input size is given the fitted
+        rectangle instead (rounded up to its 32-pixel stride): the same pixels
+        at the same scale, 30% less work. A fixed-size detector keeps its size.
+        """
+        if not self._det_dynamic:
+            return None
+        side = self.cfg.det_size
+        h, w = shape[:2]
+        if w >= h:
+            return side, min(side, _round_up(side * h / w, DET_STRIDE))
+        return min(side, _round_up(side * w / h, DET_STRIDE)), side
+
     def _embed(self, crops: list[np.ndarray]) -> np.ndarray:
         if self._one_at_a_time and len(crops) > 1:
             feats = np.concatenate([self._rec.get_feat([crop]) for crop in crops])
@@ -255,3 +318,7 @@ class FaceAnalyzer(InferenceModel):
         feats = np.asarray(feats, dtype=np.float32).reshape(len(crops), -1)
         norms = np.linalg.norm(feats, axis=1, keepdims=True)
         return feats / np.maximum(norms, 1e-12)
+
+
+def _round_up(value: float, step: int) -> int:
+    return max(step, math.ceil(value / step) * step)

@@ -3,9 +3,12 @@
 Two kinds of phase, run in a fixed order by the pipeline:
 
 * An image phase (`ImagePhase`: embedding, faces) is handed chunks of images
-  that the pipeline decoded once for all image phases. It calls `report(1)` as
-  each image finishes (success or a per-file failure) so progress is exact,
-  and returns one `ImageOutcome` per image.
+  that the pipeline decoded once for all image phases. Its `prepare` runs in
+  the decode workers right after each decode (per-image CPU work such as a
+  model's preprocessing, so it overlaps the models' work on the previous
+  chunk); `process` then calls `report(1)` as each image finishes (success or
+  a per-file failure) so progress is exact, and returns one `ImageOutcome` per
+  image.
 * A batch phase (`BatchPhase`: clustering) runs once per batch after the image
   phases and reports its declared sub-steps.
 
@@ -73,6 +76,7 @@ class DecodedImage:
     scale: float  # decoded size / original size (<= 1.0)
     captured_at: str | None = None  # EXIF DateTimeOriginal as ISO-8601, when present
     pending: frozenset[str] = frozenset()  # the phases that still have to process it
+    prepared: dict[str, Any] = field(default_factory=dict)  # phase name -> its prepare() result
 
 
 @dataclass
@@ -99,6 +103,11 @@ class ImagePhase(Protocol):
 
     def setup(self, ctx: PhaseContext) -> None:
         """Load models (once; later calls are cheap). Raises ModelUnavailable."""
+
+    def prepare(self, image: DecodedImage) -> Any:
+        """Per-image work done in a decode worker thread; the result is kept in
+        `image.prepared[name]` for `process`. Must touch neither the store nor
+        the ledger, and may raise ImageError (recorded like a decode failure)."""
 
     def process(
         self, batch: BatchInfo, images: list[DecodedImage], report: Report

@@ -7,6 +7,7 @@ records again instead of adding new ones.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from daemon.phases.base import (
     BatchInfo,
@@ -36,10 +37,18 @@ class EmbeddingPhase:
         ctx.store.open_images(clip.model_name, clip.dim)
         self.clip, self.store = clip, ctx.store
 
+    def prepare(self, image: DecodedImage) -> Any:
+        return self.clip.preprocess(image.image)
+
     def process(
         self, batch: BatchInfo, images: list[DecodedImage], report: Report
     ) -> list[ImageOutcome]:
-        vectors = self.clip.embed_images([d.image for d in images])
+        tensors = [d.prepared.get(self.name) for d in images]
+        tensors = [
+            self.clip.preprocess(d.image) if t is None else t
+            for d, t in zip(images, tensors, strict=True)
+        ]
+        vectors = self.clip.embed_tensors(tensors)
         metadatas = [
             {
                 "path": str(d.path),
