@@ -177,3 +177,22 @@ def test_registry_hands_every_phase_the_same_models(
     assert registry.loaded_clip is None  # creating a model loads nothing
     clip.load()
     assert registry.loaded_clip is clip and clip.model_name == "imgtrain-tiny/random"
+
+
+def test_preprocessing_a_large_photo_matches_the_models_own_transform(
+    clip: ClipModel, tmp_path: Path
+) -> None:
+    """The integer pre-shrink must not change what the model sees beyond resampling noise."""
+    big = Image.open(make_jpeg(tmp_path / "big.jpg", (1500, 1000), seed=3)).convert("RGB")
+    fast = clip.preprocess(big).numpy()
+    plain = clip._preprocess(big).numpy()  # open_clip's transform on the full image
+    assert fast.shape == plain.shape == (3, 64, 64)
+    assert float(np.abs(fast - plain).mean()) < 0.02
+    vec_fast = clip.embed_tensors([clip.preprocess(big)])
+    assert np.allclose(vec_fast, clip.embed_images([big]))  # one path for both entry points
+    import torch
+
+    with torch.inference_mode():
+        raw = clip._model.encode_image(torch.from_numpy(plain)[None]).float()
+    vec_plain = torch.nn.functional.normalize(raw, dim=-1).numpy()
+    assert float(vec_fast[0] @ vec_plain[0]) > 0.999

@@ -157,3 +157,52 @@ def test_missing_pack_without_download_says_where_to_put_it(tmp_path: Path) -> N
     assert str(expected) in info.value.message
     assert "buffalo_l.zip" in info.value.hint and str(expected) in info.value.hint
     assert not expected.exists()  # nothing was created or fetched
+
+
+def test_several_images_at_once_give_the_same_faces_in_order(
+    face_pack: Path, analyzer: FaceAnalyzer, shared_photos: Path
+) -> None:
+    both_cores = FaceAnalyzer(FacesConfig(model_dir=str(face_pack), download=False, threads=2))
+    assert both_cores.parallel == 2
+    decoded = [decode(p, DecodeConfig(max_side=1600)) for p in _photos(shared_photos)]
+    together = list(both_cores.analyze_images([(d.image, d.scale) for d in decoded]))
+    alone = [analyzer.analyze(to_bgr(d.image), d.scale) for d in decoded]
+    assert [len(f) for f in together] == [len(f) for f in alone]
+    assert sum(len(f) for f in together) == 22  # ../shared/models/README.md
+    for mine, ref in zip(together, alone, strict=True):
+        for a, b in zip(mine, ref, strict=True):
+            assert np.allclose(a.bbox, b.bbox, atol=0.5)
+            assert float(a.embedding @ b.embedding) > 0.999
+
+
+def test_detector_input_fitted_to_the_photo_finds_what_insightface_finds(
+    shared: Path, analyzer: FaceAnalyzer, shared_photos: Path, tmp_path: Path
+) -> None:
+    """insightface pads every photo to a 640x640 square; we drop the padding. Same faces."""
+    import os
+
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    from insightface.app import FaceAnalysis
+
+    pack = tmp_path / "models" / "ref"
+    pack.mkdir(parents=True)
+    for name in ("det_2.5g.onnx", "mobilefacenet_128.onnx"):
+        (pack / name).symlink_to(shared / "models" / "faces" / name)
+    ref = FaceAnalysis(name="ref", root=str(tmp_path), providers=["CPUExecutionProvider"])
+    ref.prepare(ctx_id=-1, det_size=(640, 640))
+    shapes = set()
+    for path in _photos(shared_photos):
+        d = decode(path, DecodeConfig(max_side=4000))  # full size: no scale in the way
+        bgr = to_bgr(d.image)
+        shapes.add("portrait" if bgr.shape[0] > bgr.shape[1] else "landscape")
+        ours = analyzer.analyze(bgr)
+        theirs = sorted(ref.get(bgr), key=lambda f: (round(f.bbox[0], 1), round(f.bbox[1], 1)))
+        assert len(ours) == len(theirs), path.name
+        h, w = bgr.shape[:2]
+        for a, b in zip(ours, theirs, strict=True):
+            size = float(b.bbox[2] - b.bbox[0])
+            box = np.clip(b.bbox, 0, [w, h, w, h])  # ours are clipped to the photo
+            assert np.allclose(a.bbox, box, atol=0.02 * size), path.name
+            assert np.allclose(a.landmarks, b.kps, atol=0.02 * size), path.name
+            assert float(a.embedding @ (b.embedding / np.linalg.norm(b.embedding))) > 0.98
+    assert shapes == {"portrait", "landscape"}

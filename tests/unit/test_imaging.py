@@ -226,3 +226,30 @@ def test_to_bgr_swaps_channels_into_a_contiguous_array() -> None:
     assert arr.shape == (3, 5, 3) and arr.dtype == np.uint8
     assert arr.flags["C_CONTIGUOUS"]
     assert arr[0, 0].tolist() == [30, 20, 10]
+
+
+def test_dct_scaling_that_lands_just_under_max_side_skips_the_resize(tmp_path: Path) -> None:
+    """3000x2000 at max_side 1600: libjpeg's 1/2 gives 1500x1000, kept as is."""
+    path = make_jpeg(tmp_path / "six_mp.jpg", (3000, 2000))
+    d = decode(path, DecodeConfig(max_side=1600))
+    assert (d.width, d.height) == (3000, 2000)
+    assert d.image.size == (1500, 1000)
+    assert d.scale == 0.5  # face boxes are divided by it to get original pixels
+
+
+def test_dct_scaling_too_far_under_max_side_is_not_used(tmp_path: Path) -> None:
+    """4032x3024 at max_side 1600: 1/4 would give 1008 (37% under), so 1/2 then a resize."""
+    path = make_jpeg(tmp_path / "twelve_mp.jpg", (4032, 3024))
+    d = decode(path, DecodeConfig(max_side=1600))
+    assert d.image.size == (1600, 1200)
+    assert d.scale == pytest.approx(1600 / 4032)
+
+
+def test_rotated_photo_decoded_by_dct_scaling_is_upright(tmp_path: Path) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to view
+    path = make_jpeg(tmp_path / "rot.jpg", (3000, 2000), exif=exif.tobytes())
+    d = decode(path, DecodeConfig(max_side=1600))
+    assert (d.width, d.height) == (2000, 3000)
+    assert d.image.size == (1000, 1500)
+    assert d.scale == 0.5
