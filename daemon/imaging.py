@@ -195,8 +195,10 @@ def _decode_open(im: Image.Image, path: Path, cfg: DecodeConfig) -> Decoded:
         if max(im.size) <= cfg.max_side:
             target = im.size
             scale = im.size[0] / stored_w
-    im.load()  # a truncated file fails here, before any conversion work
-    upright = ImageOps.exif_transpose(im)  # a new image, detached from the file
+    im.load()  # a truncated file fails here; the pixels are in memory from here on
+    # exif_transpose returns a copy even of an upright photo (3% of a batch's
+    # CPU at 1500x1000), so only a photo that needs turning or flipping goes in.
+    upright = ImageOps.exif_transpose(im) if exif.get(_ORIENTATION, 1) != 1 else im
     rgb = _to_rgb(upright)
     if rotated:
         target = (target[1], target[0])
@@ -252,5 +254,7 @@ def _captured_at(exif: Image.Exif) -> str | None:
 
 def to_bgr(img: Image.Image) -> np.ndarray:
     """A contiguous uint8 HxWx3 BGR array (OpenCV's order, what insightface expects)."""
+    import cv2  # here, so that commands which never analyse faces do not load OpenCV
+
     rgb = img if img.mode == "RGB" else img.convert("RGB")
-    return np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8)[:, :, ::-1])
+    return cv2.cvtColor(np.asarray(rgb, dtype=np.uint8), cv2.COLOR_RGB2BGR)
