@@ -56,6 +56,7 @@ log = logging.getLogger("imgtrain.inbox")
 # The key shared by image files dropped straight into the inbox; the slash
 # keeps it apart from any real file name (a folder may well be called "<loose>").
 LOOSE = "<loose>/"
+MIN_SLEEP = 0.05  # seconds: the scanner never wakes more often than this
 
 # Only events that mean "something was written": opening or reading files
 # (our own hashing included) must not look like activity.
@@ -193,8 +194,16 @@ class Inbox:
 
     def _run(self) -> None:
         interval = self.config.inbox.scan_interval_seconds
-        while not self._stop.wait(interval):
+        while not self._stop.wait(self._sleep(interval)):
             self._tick(time.monotonic())
+
+    def _sleep(self, interval: float) -> float:
+        """A tick, or less when an entry's quiet period ends sooner: then the agreeing
+        scan (the baseline was taken a tick early) lands right at settle_seconds."""
+        due = self.tracker.next_due()
+        if due is None:
+            return interval
+        return min(interval, max(MIN_SLEEP, due - time.monotonic()))
 
     # -- one tick -------------------------------------------------------------------
     def _tick(self, now: float) -> None:

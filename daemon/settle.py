@@ -58,6 +58,13 @@ class StabilityTracker:
         track = self._tracks.get(key)
         return track is not None and now - track.since >= self.settle_seconds
 
+    def next_due(self) -> float | None:
+        """The earliest time at which some entry's quiet period ends (None: nothing tracked).
+
+        The scanner sleeps until then rather than a whole tick, so a settled
+        folder is claimed at settle_seconds and not up to a tick later."""
+        return min((t.since + self.settle_seconds for t in self._tracks.values()), default=None)
+
     def forget(self, key: str) -> None:
         self._tracks.pop(key, None)
 

@@ -90,3 +90,15 @@ def test_a_late_report_of_an_older_event_does_not_shorten_the_wait() -> None:
     t.observe("trip", A, 14.0)
     assert not t.observe("trip", A, 14.5)
     assert t.observe("trip", A, 15.0)
+
+
+def test_next_due_is_the_earliest_end_of_a_quiet_period() -> None:
+    t = StabilityTracker(settle_seconds=5.0)
+    assert t.next_due() is None  # nothing tracked: the scanner just ticks
+    t.touch("a/", 10.0)
+    t.touch("b/", 12.0)
+    assert t.next_due() == 15.0
+    t.touch("a/", 14.0)  # a new event restarts a's quiet period
+    assert t.next_due() == 17.0
+    t.forget("b/")
+    assert t.next_due() == 19.0
