@@ -81,6 +81,15 @@ class Harness:
 
         return wait_for(done, what)
 
+    def wait_queued(self, ids: list[int], what: str) -> None:
+        """The daemon is told of a batch just after the ledger commits it: wait for that."""
+
+        def done() -> bool | None:
+            with self.lock:
+                return sorted(self.queued) == sorted(ids) or None
+
+        wait_for(done, what)
+
     def images(self, batch_id: int) -> list[str]:
         rows = self.ledger.query(
             "SELECT rel_path FROM images WHERE batch_id=? ORDER BY rel_path", (batch_id,)
@@ -164,7 +173,7 @@ def test_slow_copy_becomes_one_batch_with_every_file(
     assert home == harness.config.batches_dir / f"{batch.batch_id:06d}-trip"
     assert digest_tree(home).keys() == {p.name for p in originals}
     assert len(harness.batches()) == 1
-    assert harness.queued == [batch.batch_id]
+    harness.wait_queued([batch.batch_id], "the daemon to be told of the batch")
 
 
 def test_folder_moved_in_with_one_rename_is_claimed(harness: Harness, tmp_path: Path) -> None:
@@ -319,7 +328,7 @@ def test_folders_dropped_while_stopped_are_claimed_at_start(harness: Harness) ->
         ("folder", 2),
         ("loose", 1),
     ]
-    assert sorted(harness.queued) == [b.batch_id for b in batches]
+    harness.wait_queued([b.batch_id for b in batches], "the daemon to be told of both")
 
 
 def test_crash_before_the_move_is_finished_exactly_once(harness: Harness) -> None:
