@@ -238,7 +238,7 @@ class FaceAnalyzer(InferenceModel):
         self.load()
         if self.parallel == 1 or len(images) <= 1:
             for img, scale in images:
-                yield self.analyze(to_bgr(img), scale)
+                yield self._analyze_rgb(img, scale)
             return
         pool = ThreadPoolExecutor(self.parallel, thread_name_prefix="faces")
         try:

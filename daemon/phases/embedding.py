@@ -43,10 +43,10 @@ class EmbeddingPhase:
     def process(
         self, batch: BatchInfo, images: list[DecodedImage], report: Report
     ) -> list[ImageOutcome]:
-        tensors = [d.prepared.get(self.name) for d in images]
+        # Prepared in the decode workers; preprocessed here only when called without them.
         tensors = [
-            self.clip.preprocess(d.image) if t is None else t
-            for d, t in zip(images, tensors, strict=True)
+            t if (t := d.prepared.get(self.name)) is not None else self.clip.preprocess(d.image)
+            for d in images
         ]
         vectors = self.clip.embed_tensors(tensors)
         metadatas = [
