@@ -66,7 +66,7 @@ class Ours:
         return np.concatenate(parts), sw.wall
 
     def hold(self, paths: list[Path]) -> None:
-        from daemon.imaging import decode
+        from daemon.imaging.decode import decode
 
         self.images = [decode(p, self.cfg.decode).image for p in paths]
 
@@ -129,7 +129,7 @@ class Plain:
 def _decode_rate(paths: list[Path], decode_cfg: Any, ours: bool) -> float:
     from PIL import Image
 
-    from daemon.imaging import decode
+    from daemon.imaging.decode import decode
 
     with Stopwatch() as sw:
         for p in paths:

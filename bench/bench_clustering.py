@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from daemon.config import Config  # noqa: E402
-from daemon.facecluster import (  # noqa: E402
+from daemon.people.engine import (  # noqa: E402
     FaceSet,
     Params,
     find_groups,
@@ -200,10 +200,10 @@ def bench_naive(pools: list[int], dims: list[int]) -> list[dict]:
 
 def bench_phase(n: int, batches: int = 3) -> dict:
     """The real phase with SQLite and an embedded ChromaDB holding n faces."""
+    from daemon.ledger.ledger import Ledger
     from daemon.phases.base import BatchInfo, PhaseContext
     from daemon.phases.clustering import ClusteringPhase, recluster_all
-    from daemon.queue import Ledger
-    from daemon.store import Store
+    from daemon.store.chroma import Store
 
     out: dict[str, Any] = {"library": n}
     with tempfile.TemporaryDirectory() as tmp:
@@ -213,7 +213,7 @@ def bench_phase(n: int, batches: int = 3) -> dict:
         synth = Synth(3)
 
         def add(faces: FaceSet, clustered: int) -> int:
-            bid = ledger.reserve_batch(f"b{synth.n}", "folder", ["x"])
+            bid = ledger.claims.reserve_batch(f"b{synth.n}", "folder", ["x"])
             metas = [{"image_id": p, "batch_id": bid, "person": "", "cluster": "",
                       "suggested_person": ""} for p in faces.photos]  # fmt: skip
             store.upsert_faces(faces.ids, faces.vectors, metas)

@@ -75,7 +75,7 @@ class Bare:
 def _write_cost(daemon: Daemon, n: int = 30) -> float:
     """Median seconds for one status write (snapshot from the ledger + atomic write)."""
     from daemon.config import load_config
-    from daemon.service import Service
+    from daemon.service.loop import Service
 
     svc = Service(load_config(daemon.config_path), daemon.config_path)
     times = []

@@ -45,7 +45,7 @@ def insightface_app() -> Any:
 def run(ctx: Context) -> list[Row]:
     import cv2
 
-    from daemon.imaging import decode
+    from daemon.imaging.decode import decode
     from daemon.models.faces import FaceAnalyzer
 
     cfg = assets.config(ctx.work / "faces")

@@ -72,7 +72,7 @@ def store_dir(n: int, m: int) -> Path:
 
 def build(n: int, m: int) -> float | None:
     """Fill a store with synthetic(n) unless a finished one is cached; returns seconds built."""
-    from daemon.store import Store
+    from daemon.store.chroma import Store
 
     root = store_dir(n, m)
     done = root / "built.json"
@@ -122,7 +122,7 @@ def measure(n: int, m: int, ef_search: int, nq: int) -> dict[str, Any]:
 
 
 def _measure_here(n: int, m: int, ef_search: int, nq: int) -> dict[str, Any]:
-    from daemon.store import Store
+    from daemon.store.chroma import Store
 
     x = synthetic(n)
     q = queries(x, nq)

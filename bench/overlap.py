@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from daemon.config import DecodeConfig
-from daemon.imaging import Decoded, decode
-from daemon.pipeline import RUN_AHEAD
+from daemon.imaging.decode import Decoded, decode
+from daemon.phases.pipeline import RUN_AHEAD
 
 Prepare = Callable[[Decoded], Any]
 Process = Callable[[list[tuple[Decoded, Any]]], None]

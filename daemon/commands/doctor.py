@@ -265,7 +265,7 @@ class Doctor:
         return model
 
     def _store(self, config: Config, clip: Any, faces: Any) -> None:
-        from daemon.store import Store
+        from daemon.store.chroma import Store
 
         if not config.store.url and not config.chroma_path.exists():
             self.add(

@@ -15,11 +15,11 @@ from typing import Any
 
 from rich.table import Table
 
-from daemon import people
 from daemon.commands import render
 from daemon.config import Config
 from daemon.errors import InvalidState, NotFound
-from daemon.queue import Ledger
+from daemon.ledger.ledger import Ledger
+from daemon.people import operations as people
 
 SHEET_LIMIT = 48
 
@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _store(config: Config) -> Any:
-    from daemon.store import Store
+    from daemon.store.chroma import Store
 
     return Store(config)
 
@@ -302,7 +302,7 @@ def _show(detail: people.Detail, as_json: bool) -> int:
 
 
 def _sheet(ledger: Ledger, config: Config, args: argparse.Namespace) -> int:
-    from daemon.contactsheet import SheetFace, make_sheet
+    from daemon.imaging.contactsheet import SheetFace, make_sheet
 
     detail = people.show(ledger, args.ref)
     faces = detail.faces[: max(args.limit, 1)]

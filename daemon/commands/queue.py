@@ -13,12 +13,13 @@ from datetime import UTC, datetime
 from rich.table import Table
 from rich.text import Text
 
-from daemon import queue_admin
 from daemon.commands import render
 from daemon.config import Config
 from daemon.errors import ImgtrainError
-from daemon.queue import BatchState, Ledger
-from daemon.queue_admin import BatchRow
+from daemon.ledger import admin as queue_admin
+from daemon.ledger.admin import BatchRow
+from daemon.ledger.ledger import Ledger
+from daemon.vocab import BatchState
 
 STATES = [s.value for s in BatchState]
 

@@ -22,7 +22,7 @@ from rich.text import Text
 
 from daemon.config import Config, load_config
 from daemon.errors import NotFound
-from daemon.queue import Ledger
+from daemon.ledger.ledger import Ledger
 
 PIPE_WIDTH = 200
 

@@ -12,6 +12,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from daemon.service import run_daemon
+    from daemon.service.loop import run_daemon
 
     return run_daemon(Path(args.config) if args.config else None)

@@ -48,8 +48,8 @@ def run(args: argparse.Namespace) -> int:
     render.quiet_logs()
     config = render.load(args)
     from daemon.models import ModelRegistry
-    from daemon.search import search, search_image
-    from daemon.store import Store
+    from daemon.store.chroma import Store
+    from daemon.store.search import search, search_image
 
     if not config.store.url and not config.chroma_path.exists():
         raise NotFound(

@@ -25,7 +25,8 @@ from rich.text import Text
 from daemon.commands import render
 from daemon.config import Config
 from daemon.errors import InvalidState, NotFound
-from daemon.status import DaemonStatus, Status
+from daemon.status.model import Status
+from daemon.vocab import DaemonStatus
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from daemon.errors import ModelUnavailable
-from daemon.imaging import to_bgr
+from daemon.imaging.decode import to_bgr
 from daemon.models.base import InferenceModel, default_threads, make_ort_session
 
 if TYPE_CHECKING:

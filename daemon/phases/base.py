@@ -22,9 +22,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
+
+from daemon.vocab import ImageState, PhaseName
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -32,27 +33,6 @@ if TYPE_CHECKING:
     from daemon.config import Config
 
 Report = Callable[[int], None]
-
-
-class PhaseName(StrEnum):
-    EMBEDDING = "embedding"
-    FACES = "faces"
-    CLUSTERING = "clustering"
-
-
-class ImageState(StrEnum):
-    """Per-image, per-phase state in the ledger."""
-
-    PENDING = "pending"
-    DONE = "done"
-    NO_FACES = "no_faces"  # analysed, nothing found: never redone
-    FAILED = "failed"
-    SKIPPED = "skipped"  # phase disabled, or a duplicate of another image
-
-
-TERMINAL_IMAGE_STATES = frozenset(
-    {ImageState.DONE, ImageState.NO_FACES, ImageState.FAILED, ImageState.SKIPPED}
-)
 
 
 @dataclass(frozen=True)

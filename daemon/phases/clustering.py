@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from daemon.errors import InvalidState
-from daemon.facecluster import (
+from daemon.people.engine import (
     FaceSet,
     Group,
     Params,
@@ -41,7 +41,8 @@ from daemon.facecluster import (
     quality,
     recluster,
 )
-from daemon.phases.base import BatchInfo, PhaseContext, PhaseName, Report
+from daemon.phases.base import BatchInfo, PhaseContext, Report
+from daemon.vocab import PhaseName
 
 log = logging.getLogger(__name__)
 

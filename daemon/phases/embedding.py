@@ -9,15 +9,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from daemon.phases.base import (
-    BatchInfo,
-    DecodedImage,
-    ImageOutcome,
-    ImageState,
-    PhaseContext,
-    PhaseName,
-    Report,
-)
+from daemon.phases.base import BatchInfo, DecodedImage, ImageOutcome, PhaseContext, Report
+from daemon.vocab import ImageState, PhaseName
 
 log = logging.getLogger(__name__)
 

@@ -14,15 +14,8 @@ import time
 from contextlib import closing
 from typing import Any
 
-from daemon.phases.base import (
-    BatchInfo,
-    DecodedImage,
-    ImageOutcome,
-    ImageState,
-    PhaseContext,
-    PhaseName,
-    Report,
-)
+from daemon.phases.base import BatchInfo, DecodedImage, ImageOutcome, PhaseContext, Report
+from daemon.vocab import ImageState, PhaseName
 
 log = logging.getLogger(__name__)
 

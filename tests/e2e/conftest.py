@@ -154,7 +154,7 @@ class Daemon:
         self.proc = None
 
     def ledger(self) -> Any:
-        from daemon.queue import Ledger
+        from daemon.ledger.ledger import Ledger
 
         return Ledger(self.data / "ledger.sqlite3")
 

@@ -19,8 +19,8 @@ import pytest
 from PIL import Image
 
 from daemon.cli import main
-from daemon.contactsheet import layout
-from daemon.status import Status
+from daemon.imaging.contactsheet import layout
+from daemon.status.model import Status
 from tests.conftest import base_config, make_jpeg
 from tests.e2e.conftest import Daemon, wait_for
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from daemon import people
 from daemon.config import load_config
-from daemon.store import Store
+from daemon.people import operations as people
+from daemon.store.chroma import Store
 from tests.e2e.conftest import Daemon
 
 LABELS: dict[str, list[str]] = {

@@ -10,9 +10,11 @@ import pytest
 
 from daemon.cli import main
 from daemon.config import load_config
-from daemon.progress import Progress
-from daemon.status import DaemonStatus, ErrorInfo, StatusWriter
-from daemon.store import Store
+from daemon.status.model import ErrorInfo
+from daemon.status.progress import Progress
+from daemon.status.writer import StatusWriter
+from daemon.store.chroma import Store
+from daemon.vocab import DaemonStatus
 from tests.conftest import base_config, write_config
 
 

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from daemon import queue_admin
 from daemon.cli import main
 from daemon.errors import InvalidState
-from daemon.phases.base import ImageOutcome, ImageState
-from daemon.queue import BatchState, FileEntry, Ledger, SkippedFile
+from daemon.ledger import admin as queue_admin
+from daemon.ledger.ledger import Ledger
+from daemon.phases.base import ImageOutcome
+from daemon.vocab import BatchState, FileEntry, ImageState, SkippedFile
 from tests.conftest import write_config
 
 PHASES = ["embedding", "faces", "clustering"]
@@ -38,10 +39,12 @@ def setup(tmp_path: Path) -> tuple[Path, Ledger]:
 
 
 def claim(ledger: Ledger, name: str, n: int, *, prefix: str | None = None) -> int:
-    bid = ledger.reserve_batch(name, "folder", [f"/inbox/{name}"])
-    ledger.set_batch_path(bid, f"/data/batches/{bid:06d}-{name}")
+    bid = ledger.claims.reserve_batch(name, "folder", [f"/inbox/{name}"])
+    ledger.claims.set_batch_path(bid, f"/data/batches/{bid:06d}-{name}")
     files = [FileEntry(f"{i}.jpg", f"{prefix or name}-{i}", 100, "jpeg") for i in range(n)]
-    ledger.finish_claim(bid, files, [SkippedFile("notes.txt", "UNSUPPORTED_FORMAT", "x")], PHASES)
+    ledger.claims.finish_claim(
+        bid, files, [SkippedFile("notes.txt", "UNSUPPORTED_FORMAT", "x")], PHASES
+    )
     return bid
 
 
@@ -246,8 +249,8 @@ def test_retry_refuses_batches_that_are_not_failed_or_hold_nothing(setup, capsys
     ledger.finish_batch(done, BatchState.COMPLETED)
     with pytest.raises(InvalidState, match="only failed or cancelled"):
         queue_admin.retry_batch(ledger, done, 3)
-    empty = ledger.reserve_batch("empty", "folder", ["/inbox/empty"])
-    ledger.fail_claim(empty, "NO_IMAGES", "no photos in the folder")
+    empty = ledger.claims.reserve_batch("empty", "folder", ["/inbox/empty"])
+    ledger.claims.fail_claim(empty, "NO_IMAGES", "no photos in the folder")
     code, _, err = cli(capsys, cfg, "queue", "retry", str(empty))
     assert code == 1 and "NO_IMAGES: no photos in the folder" in err
     assert "nothing to re-run" in err

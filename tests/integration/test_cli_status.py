@@ -21,9 +21,11 @@ from pathlib import Path
 import pytest
 
 from daemon.cli import main
-from daemon.history import ErrorRow
-from daemon.progress import PhaseCount, Progress, RunPlan
-from daemon.status import DaemonStatus, PhaseStatus, Status, StatusWriter
+from daemon.ledger.history import ErrorRow
+from daemon.status.model import Status
+from daemon.status.progress import PhaseCount, Progress, RunPlan
+from daemon.status.writer import StatusWriter
+from daemon.vocab import DaemonStatus, PhaseState
 from tests.conftest import REPO, write_config
 
 
@@ -47,9 +49,9 @@ def training_progress(tmp_path: Path) -> Progress:
         4,
         "beach 2024",
         {
-            "embedding": PhaseCount(PhaseStatus.COMPLETED, 20, 20),
-            "faces": PhaseCount(PhaseStatus.RUNNING, 7, 20),
-            "clustering": PhaseCount(PhaseStatus.PENDING, 0, 5),
+            "embedding": PhaseCount(PhaseState.COMPLETED, 20, 20),
+            "faces": PhaseCount(PhaseState.RUNNING, 7, 20),
+            "clustering": PhaseCount(PhaseState.PENDING, 0, 5),
         },
     )
     p.phase = "faces"

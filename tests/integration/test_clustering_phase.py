@@ -19,14 +19,15 @@ import numpy as np
 import pytest
 
 from daemon.config import Config
-from daemon.imaging import decode
+from daemon.imaging.decode import decode
+from daemon.ledger.ledger import Ledger
 from daemon.models import ModelRegistry
-from daemon.people import name_cluster
+from daemon.people.operations import name_cluster
 from daemon.phases.base import BatchInfo, DecodedImage, PhaseContext
 from daemon.phases.clustering import ClusteringPhase, recluster_all
 from daemon.phases.faces import FacesPhase
-from daemon.queue import FileEntry, Ledger
-from daemon.store import Store
+from daemon.store.chroma import Store
+from daemon.vocab import FileEntry
 
 SEVERAL = {
     "mixed/kit_with_rose.jpg": ["rose_leslie", "kit_harington"],
@@ -73,9 +74,9 @@ class Library:
             shutil.copyfile(src, dst)
             sha = hashlib.sha256(dst.read_bytes()).hexdigest()
             entries.append(FileEntry(rel, sha, dst.stat().st_size, src.suffix.lstrip(".")))
-        bid = self.ledger.reserve_batch(name, "folder", [name])
-        self.ledger.set_batch_path(bid, home)
-        self.ledger.finish_claim(bid, entries, [], self.config.phases)
+        bid = self.ledger.claims.reserve_batch(name, "folder", [name])
+        self.ledger.claims.set_batch_path(bid, home)
+        self.ledger.claims.finish_claim(bid, entries, [], self.config.phases)
         info = BatchInfo(bid, name, home)
         images = []
         for row in self.ledger.pending_images(bid):
@@ -241,8 +242,8 @@ def stranger_batch(lib: Library, n: int, seed: int) -> BatchInfo:
     """
     rng = np.random.default_rng(seed)
     shas = [hashlib.sha256(f"{seed}-{i}".encode()).hexdigest() for i in range(n)]
-    bid = lib.ledger.reserve_batch(f"strangers{seed}", "folder", ["x"])
-    lib.ledger.finish_claim(
+    bid = lib.ledger.claims.reserve_batch(f"strangers{seed}", "folder", ["x"])
+    lib.ledger.claims.finish_claim(
         bid, [FileEntry(f"{i}.jpg", s, 1, "jpeg") for i, s in enumerate(shas)], [], ["faces"]
     )
     vectors = rng.standard_normal((n, lib.faces.analyzer.dim)).astype(np.float32)

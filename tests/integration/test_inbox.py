@@ -20,11 +20,12 @@ from typing import Any
 
 import pytest
 
-from daemon.claim import recover_claims
 from daemon.config import Config
 from daemon.errors import Code, ConfigError
-from daemon.inbox import Inbox
-from daemon.queue import Batch, BatchState, Ledger
+from daemon.ingest.claim import recover_claims
+from daemon.ingest.watch import Inbox
+from daemon.ledger.ledger import Ledger
+from daemon.vocab import Batch, BatchState
 from tests.conftest import make_jpeg
 
 DEADLINE = 20.0
@@ -335,8 +336,8 @@ def test_crash_before_the_move_is_finished_exactly_once(harness: Harness) -> Non
     folder = harness.dir / "interrupted"
     photos(folder, 2)
     ledger, config = harness.ledger, harness.config
-    batch_id = ledger.reserve_batch("interrupted", "folder", [str(folder)])
-    ledger.set_batch_path(batch_id, config.batches_dir / f"{batch_id:06d}-interrupted")
+    batch_id = ledger.claims.reserve_batch("interrupted", "folder", [str(folder)])
+    ledger.claims.set_batch_path(batch_id, config.batches_dir / f"{batch_id:06d}-interrupted")
     # ... and the daemon died here, before the rename.
 
     assert recover_claims(ledger, config) == [batch_id]
@@ -357,23 +358,23 @@ def test_crash_at_each_claim_step_recovers(harness: Harness) -> None:
     # After the rename, before the files were recorded.
     moved = harness.dir / "moved"
     photos(moved, 1)
-    moved_id = ledger.reserve_batch("moved", "folder", [str(moved)])
+    moved_id = ledger.claims.reserve_batch("moved", "folder", [str(moved)])
     home = config.batches_dir / f"{moved_id:06d}-moved"
-    ledger.set_batch_path(moved_id, home)
+    ledger.claims.set_batch_path(moved_id, home)
     os.rename(moved, home)
     # Before the batch home was even recorded.
     early = harness.dir / "early"
     photos(early, 1, seed=3)
-    early_id = ledger.reserve_batch("early", "folder", [str(early)])
+    early_id = ledger.claims.reserve_batch("early", "folder", [str(early)])
     # Loose files, half moved.
     loose = [make_jpeg(harness.dir / f"l{i}.jpg", seed=10 + i) for i in range(2)]
-    loose_id = ledger.reserve_batch("loose-x", "loose", [str(p) for p in loose])
+    loose_id = ledger.claims.reserve_batch("loose-x", "loose", [str(p) for p in loose])
     loose_home = config.batches_dir / f"{loose_id:06d}-loose-x"
-    ledger.set_batch_path(loose_id, loose_home)
+    ledger.claims.set_batch_path(loose_id, loose_home)
     loose_home.mkdir()
     os.rename(loose[0], loose_home / loose[0].name)
     # Gone from both places (someone deleted it while the daemon was down).
-    gone_id = ledger.reserve_batch("gone", "folder", [str(harness.dir / "gone")])
+    gone_id = ledger.claims.reserve_batch("gone", "folder", [str(harness.dir / "gone")])
 
     assert recover_claims(ledger, config) == [moved_id, early_id, loose_id]
     assert harness.images(moved_id) == ["IMG_0000.jpg"]

@@ -9,7 +9,7 @@ import pytest
 
 from daemon.config import DecodeConfig, FacesConfig
 from daemon.errors import Code, ModelUnavailable
-from daemon.imaging import decode, to_bgr
+from daemon.imaging.decode import decode, to_bgr
 from daemon.models import Face, FaceAnalyzer
 from tests.conftest import make_jpeg
 

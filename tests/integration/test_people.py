@@ -18,7 +18,8 @@ import pytest
 
 from daemon.config import Config
 from daemon.errors import Code, InsufficientData, InvalidState, NotFound
-from daemon.people import (
+from daemon.ledger.ledger import Ledger
+from daemon.people.operations import (
     list_clusters,
     list_people,
     merge,
@@ -28,8 +29,8 @@ from daemon.people import (
 )
 from daemon.phases.base import BatchInfo, PhaseContext
 from daemon.phases.clustering import ClusteringPhase
-from daemon.queue import FileEntry, Ledger
-from daemon.store import Store
+from daemon.store.chroma import Store
+from daemon.vocab import FileEntry
 
 DIM = 64
 
@@ -56,10 +57,10 @@ class Lib:
         """Faces (one per photo unless `photos` says which photo each is in), then clustering."""
         photos = photos if photos is not None else list(range(len(vectors)))
         shas = {p: hashlib.sha256(f"{name}/{p}".encode()).hexdigest() for p in set(photos)}
-        bid = self.ledger.reserve_batch(name, "folder", [name])
-        self.ledger.set_batch_path(bid, f"/data/batches/{name}")
+        bid = self.ledger.claims.reserve_batch(name, "folder", [name])
+        self.ledger.claims.set_batch_path(bid, f"/data/batches/{name}")
         files = [FileEntry(f"{p}.jpg", s, 1, "jpeg") for p, s in shas.items()]
-        self.ledger.finish_claim(bid, files, [], ["faces", "clustering"])
+        self.ledger.claims.finish_claim(bid, files, [], ["faces", "clustering"])
         image = {r["sha256"]: r["image_id"] for r in self.ledger.query("SELECT * FROM images")}
         seen: dict[int, int] = {}
         ids = []

@@ -7,17 +7,18 @@ from pathlib import Path
 import pytest
 
 from daemon.errors import InvalidState
-from daemon.phases.base import ImageOutcome, ImageState
-from daemon.queue import BatchState, FileEntry, Ledger, SkippedFile
+from daemon.ledger.ledger import Ledger
+from daemon.phases.base import ImageOutcome
+from daemon.vocab import BatchState, FileEntry, ImageState, SkippedFile
 
 PHASES = ["embedding", "faces", "clustering"]
 
 
 def _batch(ledger: Ledger, name: str, shas: list[str]) -> int:
-    bid = ledger.reserve_batch(name, "folder", [f"/inbox/{name}"])
-    ledger.set_batch_path(bid, f"/data/batches/{bid:06d}-{name}")
+    bid = ledger.claims.reserve_batch(name, "folder", [f"/inbox/{name}"])
+    ledger.claims.set_batch_path(bid, f"/data/batches/{bid:06d}-{name}")
     files = [FileEntry(f"{i}.jpg", sha, 10, "jpeg") for i, sha in enumerate(shas)]
-    ledger.finish_claim(bid, files, [SkippedFile("notes.txt", "NO_IMAGES", "x")], PHASES)
+    ledger.claims.finish_claim(bid, files, [SkippedFile("notes.txt", "NO_IMAGES", "x")], PHASES)
     return bid
 
 

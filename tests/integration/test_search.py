@@ -14,10 +14,10 @@ import pytest
 
 from daemon.config import ClipConfig, Config, DecodeConfig
 from daemon.errors import ModelMismatch, NotFound
-from daemon.imaging import decode
+from daemon.imaging.decode import decode
 from daemon.models.clip import ClipModel
-from daemon.search import SearchHit, search, search_image
-from daemon.store import Store
+from daemon.store.chroma import Store
+from daemon.store.search import SearchHit, search, search_image
 from tests.conftest import make_jpeg
 
 DECODE = DecodeConfig()

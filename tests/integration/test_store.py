@@ -17,7 +17,7 @@ import pytest
 
 from daemon.config import Config
 from daemon.errors import InvalidState, ModelMismatch, StoreUnavailable
-from daemon.store import Store
+from daemon.store.chroma import Store
 
 
 def make_config(tmp: Path, **store: object) -> Config:
@@ -98,7 +98,7 @@ def test_writing_before_opening_is_refused(tmp_path: Path) -> None:
 PERSIST_CHECK = """
 import sys, numpy as np
 from daemon.config import Config
-from daemon.store import Store
+from daemon.store.chroma import Store
 s = Store(Config.model_validate({"data_dir": sys.argv[1]}))
 s.open_images("tiny", 16)
 probe = np.load(sys.argv[2])

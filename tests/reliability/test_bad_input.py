@@ -30,7 +30,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from daemon import scan
+from daemon.ingest import scan
 from tests.conftest import base_config, make_jpeg
 from tests.reliability.conftest import LedgerProbe, RootlessDaemon, file_states, wait_for
 

@@ -16,7 +16,7 @@ import re
 import unicodedata
 from pathlib import Path
 
-from daemon import scan
+from daemon.ingest import scan
 from tests.conftest import REPO, make_jpeg
 from tests.e2e.conftest import Daemon
 from tests.reliability.conftest import LedgerProbe, file_states, wait_for

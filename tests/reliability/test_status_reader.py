@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from daemon.status import Status
+from daemon.status.model import Status
 from tests.conftest import make_jpeg
 from tests.e2e.conftest import Daemon
 from tests.reliability.conftest import ready

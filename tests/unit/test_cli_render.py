@@ -9,8 +9,8 @@ import pytest
 from PIL import Image
 
 from daemon.commands import doctor, render
-from daemon.contactsheet import BACKGROUND, SheetFace, crop_face, layout, make_sheet
 from daemon.errors import InsufficientData
+from daemon.imaging.contactsheet import BACKGROUND, SheetFace, crop_face, layout, make_sheet
 from tests.conftest import make_jpeg
 
 

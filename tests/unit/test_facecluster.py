@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from daemon.facecluster import (
+from daemon.people.engine import (
     NOISE,
     FaceSet,
     Group,

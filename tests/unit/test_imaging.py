@@ -13,7 +13,7 @@ from PIL import Image
 
 from daemon.config import DecodeConfig
 from daemon.errors import Code, ImageError
-from daemon.imaging import decode, sniff_format, to_bgr
+from daemon.imaging.decode import decode, sniff_format, to_bgr
 from tests.conftest import make_jpeg
 
 CFG = DecodeConfig(max_side=1600, min_side=8)

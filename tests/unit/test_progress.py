@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from daemon.progress import PhaseCount, Progress, RunPlan
-from daemon.status import PhaseStatus
+from daemon.status.progress import PhaseCount, Progress, RunPlan
+from daemon.vocab import PhaseState
 
 
 def _progress(costs: dict[str, float] | None = None) -> Progress:
@@ -27,7 +27,7 @@ def _begin(p: Progress, n_images: int, clustering: int = 5, batch_id: int = 1) -
 
 
 def test_phase_with_work_left_never_shows_100() -> None:
-    c = PhaseCount(status=PhaseStatus.RUNNING, step=9999, total=10000)
+    c = PhaseCount(status=PhaseState.RUNNING, step=9999, total=10000)
     assert c.view().percentage < 100
     c.step = 10000
     assert c.view().percentage == 100.0
@@ -39,7 +39,7 @@ def test_completed_with_work_left_is_refused() -> None:
     p.phase_started("embedding")
     p.advance("embedding", 9)
     with pytest.raises(AssertionError):
-        p.phase_finished("embedding", PhaseStatus.COMPLETED)
+        p.phase_finished("embedding", PhaseState.COMPLETED)
 
 
 def test_overall_is_weighted_by_measured_cost_not_step_count() -> None:
@@ -48,7 +48,7 @@ def test_overall_is_weighted_by_measured_cost_not_step_count() -> None:
     _begin(p, 100)
     p.phase_started("embedding")
     p.advance("embedding", 100)
-    p.phase_finished("embedding", PhaseStatus.COMPLETED)
+    p.phase_finished("embedding", PhaseState.COMPLETED)
     s = p.snapshot()
     assert s.phases.embedding.percentage == 100.0
     assert s.phases.faces.percentage == 0.0

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon import scan
 from daemon.errors import Code
+from daemon.ingest import scan
 from tests.conftest import make_jpeg
 
 JUNK = [

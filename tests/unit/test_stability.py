@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from daemon.settle import StabilityTracker
+from daemon.ingest.settle import StabilityTracker
 
 A = {"a.jpg": (100, 1)}
 AB = {"a.jpg": (100, 1), "b.jpg": (50, 2)}

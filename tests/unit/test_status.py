@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon.status import DaemonInfo, DaemonStatus, Status, StatusWriter, json_schema, utcnow
+from daemon.status.model import DaemonInfo, Status, json_schema, utcnow
+from daemon.status.writer import StatusWriter
+from daemon.vocab import DaemonStatus
 
 REQUIRED = [
     "status",
@@ -66,7 +68,7 @@ def test_published_schema_matches_the_model() -> None:
     repo_schema = Path(__file__).resolve().parents[2] / "status" / "training_status.schema.json"
     assert repo_schema.read_text() == json_schema(), (
         "status/training_status.schema.json is out of date: run "
-        "`python -c 'from daemon.status import json_schema; print(json_schema(), end=\"\")'"
+        "`python -c 'from daemon.status.model import json_schema; print(json_schema(), end=\"\")'"
         " > status/training_status.schema.json`"
     )
 

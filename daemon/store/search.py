@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from daemon.config import DecodeConfig
-    from daemon.store import Hit, Store
+    from daemon.store.chroma import Hit, Store
 
 
 class Embedder(Protocol):
@@ -64,7 +64,7 @@ def search_image(
     path: Path, k: int, *, store: Store, clip: Embedder, decode_cfg: DecodeConfig
 ) -> list[SearchHit]:
     """The k library photos closest to the photo at `path` (itself first if it is in it)."""
-    from daemon.imaging import decode
+    from daemon.imaging.decode import decode
 
     path = Path(path).expanduser()
     if not path.is_file():

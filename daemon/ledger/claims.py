@@ -1,7 +1,6 @@
 """The inbox's side of the ledger: reserving a batch id, recording a claimed folder.
 
-Split out of `daemon/queue.py` so that each file keeps to one job; `Ledger`
-inherits these methods, so callers just use `ledger.reserve_batch(...)`.
+Reached as `ledger.claims`; the claim protocol itself is `daemon.ingest.claim`.
 """
 
 from __future__ import annotations
@@ -9,45 +8,29 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from daemon.phases.base import ImageState
-from daemon.states import BatchState, PhaseState
-
-if TYPE_CHECKING:
-    from daemon.queue import Batch
-
-
-@dataclass(frozen=True)
-class FileEntry:
-    rel_path: str
-    sha256: str
-    size: int
-    format: str | None
+from daemon.ledger.db import Database
+from daemon.ledger.rows import batch_from_row
+from daemon.vocab import (
+    Batch,
+    BatchState,
+    FileEntry,
+    ImageState,
+    PhaseState,
+    SkippedFile,
+)
 
 
-@dataclass(frozen=True)
-class SkippedFile:
-    rel_path: str
-    code: str
-    message: str
+class Claims:
+    """Reserve, record, fail and list the batches being claimed."""
 
-
-class ClaimsMixin:
-    """Needs `transaction()`, `batches()` and the batch state names of `daemon.queue`."""
-
-    def transaction(self) -> AbstractContextManager[sqlite3.Connection]:  # pragma: no cover
-        raise NotImplementedError
-
-    def batches(self, states: list[str] | None = None, limit: int | None = None) -> list[Batch]:
-        raise NotImplementedError  # pragma: no cover
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
     def reserve_batch(self, name: str, kind: str, sources: list[str]) -> int:
         """Reserve a batch id before anything moves, so a crash mid-claim is recoverable."""
-        with self.transaction() as conn:
+        with self.db.transaction() as conn:
             cur = conn.execute(
                 "INSERT INTO batches(name, kind, sources, state, created_at) VALUES (?,?,?,?,?)",
                 (name, kind, json.dumps(sources), BatchState.CLAIMING, time.time()),
@@ -55,7 +38,7 @@ class ClaimsMixin:
             return int(cur.lastrowid)
 
     def set_batch_path(self, batch_id: int, path: Path | str) -> None:
-        with self.transaction() as conn:
+        with self.db.transaction() as conn:
             conn.execute("UPDATE batches SET path=? WHERE batch_id=?", (str(path), batch_id))
 
     def finish_claim(
@@ -67,7 +50,7 @@ class ClaimsMixin:
         failed) is recorded as a duplicate and skipped by every phase.
         """
         now = time.time()
-        with self.transaction() as conn:
+        with self.db.transaction() as conn:
             state = conn.execute(
                 "SELECT state FROM batches WHERE batch_id=?", (batch_id,)
             ).fetchone()
@@ -130,7 +113,7 @@ class ClaimsMixin:
         return None if row is None else int(row["image_id"])
 
     def fail_claim(self, batch_id: int, code: str, message: str) -> None:
-        with self.transaction() as conn:
+        with self.db.transaction() as conn:
             conn.execute(
                 "UPDATE batches SET state=?, error_code=?, error_message=?, finished_at=?"
                 " WHERE batch_id=?",
@@ -138,4 +121,7 @@ class ClaimsMixin:
             )
 
     def claiming_batches(self) -> list[Batch]:
-        return self.batches(states=[BatchState.CLAIMING])
+        rows = self.db.query(
+            "SELECT * FROM batches WHERE state=? ORDER BY batch_id", (BatchState.CLAIMING,)
+        )
+        return [batch_from_row(r) for r in rows]

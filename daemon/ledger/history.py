@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from daemon.queue import Ledger
+from daemon.ledger.ledger import Ledger
 
 
 def _ts(value: float | None) -> datetime | None:

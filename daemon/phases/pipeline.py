@@ -25,19 +25,18 @@ from pathlib import Path
 from typing import Any
 
 from daemon.errors import Cancelled, ImageError, Interrupted
-from daemon.imaging import decode
+from daemon.imaging.decode import decode
+from daemon.ledger.ledger import Ledger
 from daemon.phases.base import (
     BatchInfo,
     BatchPhase,
     DecodedImage,
     ImageOutcome,
     ImagePhase,
-    ImageState,
     PhaseContext,
 )
-from daemon.progress import PHASES, PhaseCount, Progress
-from daemon.queue import Batch, Ledger, PhaseState
-from daemon.status import DaemonStatus, PhaseStatus
+from daemon.status.progress import PHASES, PhaseCount, Progress
+from daemon.vocab import Batch, DaemonStatus, ImageState, PhaseState
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +123,7 @@ class Pipeline:
             if name == "clustering" and state != PhaseState.COMPLETED and state != "skipped":
                 total = self.batch_phase(name).total_steps(self.info(batch))
                 done = 0  # clustering restarts from its first sub-step (it is idempotent)
-            status = PhaseStatus(state) if state != PhaseState.RUNNING else PhaseStatus.RUNNING
+            status = PhaseState(state) if state != PhaseState.RUNNING else PhaseState.RUNNING
             counts[name] = PhaseCount(status=status, step=done, total=total)
         return counts
 
@@ -158,9 +157,9 @@ class Pipeline:
 
     def _finish_phase(self, info: BatchInfo, name: str) -> None:
         count = self.progress.counts[name]
-        if count.status in (PhaseStatus.SKIPPED, PhaseStatus.COMPLETED):
+        if count.status in (PhaseState.SKIPPED, PhaseState.COMPLETED):
             return
-        self.progress.phase_finished(name, PhaseStatus.COMPLETED)
+        self.progress.phase_finished(name, PhaseState.COMPLETED)
         self.ledger.set_batch_phase(info.batch_id, name, PhaseState.COMPLETED, step=count.step)
         self.poke()
 
@@ -233,7 +232,7 @@ class Pipeline:
             d.prepared.clear()
 
     def _start_phase(self, info: BatchInfo, name: str) -> None:
-        if self.progress.phase != name or self.progress.counts[name].status == PhaseStatus.PENDING:
+        if self.progress.phase != name or self.progress.counts[name].status == PhaseState.PENDING:
             self.progress.phase_started(name)
             self.ledger.set_batch_phase(info.batch_id, name, PhaseState.RUNNING)
             self.poke()
@@ -258,7 +257,7 @@ class Pipeline:
     def _run_batch_phase(self, info: BatchInfo, phase: BatchPhase) -> None:
         name = str(phase.name)
         count = self.progress.counts[name]
-        if count.status in (PhaseStatus.SKIPPED, PhaseStatus.COMPLETED):
+        if count.status in (PhaseState.SKIPPED, PhaseState.COMPLETED):
             return
         self.progress.phase_started(name, count.total)
         self.ledger.set_batch_phase(
@@ -275,7 +274,7 @@ class Pipeline:
             self.progress.set_state(DaemonStatus.TRAINING, f"Clustering '{info.name}': {text}")
 
         phase.run(info, report, describe)
-        self.progress.phase_finished(name, PhaseStatus.COMPLETED)
+        self.progress.phase_finished(name, PhaseState.COMPLETED)
         self.ledger.set_batch_phase(
             info.batch_id,
             name,

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from daemon.errors import InsufficientData, InvalidState, NotFound
-from daemon.facecluster import normalise, quality
+from daemon.people.engine import normalise, quality
 from daemon.phases.clustering import (
     ReclusterResult,
     blob,

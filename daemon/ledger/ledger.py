@@ -1,131 +1,49 @@
-"""The SQLite ledger: batches, their images, per-image per-phase state, errors.
+"""The ledger's batches and images: the queue, per-image per-phase state, runs, control.
 
-The daemon and the CLI open the same file (WAL mode, so readers never block
-the writer). Every state change is one transaction. Batch ids come from
-AUTOINCREMENT and are never reused, even after `queue cleanup`.
+`Ledger` is the one object the rest of imgtrain holds. It owns the database
+(`daemon.ledger.db`) and reaches the other tables through small APIs it is
+composed of: `claims` (the inbox's side), `errors`, and the face, cluster and
+people tables. Batch ids come from AUTOINCREMENT and are never reused, even
+after `queue cleanup`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import sqlite3
-import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from daemon.errors import DiskFull, InvalidState, NotFound
-from daemon.queue_claims import ClaimsMixin, FileEntry, SkippedFile
-from daemon.schema import SCHEMA, SCHEMA_VERSION
-from daemon.states import BatchState, PhaseState
-
-# Re-exported: callers import the ledger's vocabulary from here.
-__all__ = ["Batch", "BatchState", "FileEntry", "Ledger", "PhaseState", "SkippedFile"]
+from daemon.errors import InvalidState, NotFound
+from daemon.ledger.claims import Claims
+from daemon.ledger.db import Database
+from daemon.ledger.rows import batch_from_row
+from daemon.vocab import Batch, BatchState, PhaseState
 
 
-@dataclass(frozen=True)
-class Batch:
-    batch_id: int
-    name: str
-    kind: str
-    sources: list[str]
-    path: str | None
-    state: BatchState
-    run_id: int | None
-    attempts: int
-    created_at: float
-    started_at: float | None
-    finished_at: float | None
-    seconds: float
-    error_code: str | None
-    error_message: str | None
-    cancel_requested: bool
-
-    @classmethod
-    def from_row(cls, row: sqlite3.Row) -> Batch:
-        return cls(
-            batch_id=row["batch_id"],
-            name=row["name"],
-            kind=row["kind"],
-            sources=json.loads(row["sources"]),
-            path=row["path"],
-            state=BatchState(row["state"]),
-            run_id=row["run_id"],
-            attempts=row["attempts"],
-            created_at=row["created_at"],
-            started_at=row["started_at"],
-            finished_at=row["finished_at"],
-            seconds=row["seconds"],
-            error_code=row["error_code"],
-            error_message=row["error_message"],
-            cancel_requested=bool(row["cancel_requested"]),
-        )
-
-
-def _disk_full(exc: sqlite3.Error) -> bool:
-    return getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "disk is full" in str(
-        exc
-    )
-
-
-class Ledger(ClaimsMixin):
-    """One connection per thread to the same SQLite file."""
+class Ledger:
+    """Batches and images; the other tables through `claims` and friends."""
 
     def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()
-        # executescript commits on its own, so the schema is not inside transaction().
-        self.conn.executescript(SCHEMA)
-        with self.transaction() as conn:
-            conn.execute(
-                "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
-                (str(SCHEMA_VERSION),),
-            )
+        self.db = Database(path)
+        self.path = self.db.path
+        self.claims = Claims(self.db)
 
-    # -- connections -------------------------------------------------------
+    # -- the database, for the package's other table APIs -------------------
     @property
     def conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            # isolation_level=None: we issue BEGIN IMMEDIATE ourselves so a
-            # writer takes the lock up front instead of failing mid-transaction.
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            conn.row_factory = sqlite3.Row
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute("PRAGMA busy_timeout=30000")
-            self._local.conn = conn
-        return conn
+        return self.db.conn
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        conn = self.conn
-        if conn.in_transaction:  # nested: join the outer transaction
+        with self.db.transaction() as conn:
             yield conn
-            return
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            yield conn
-            conn.execute("COMMIT")
-        except BaseException as exc:
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.Error) and _disk_full(exc):
-                raise DiskFull(f"the ledger's disk is full ({self.path}): {exc}") from exc
-            raise
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        self.db.close()
 
     def query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         return self.conn.execute(sql, tuple(params)).fetchall()
@@ -135,7 +53,7 @@ class Ledger(ClaimsMixin):
         row = self.conn.execute("SELECT * FROM batches WHERE batch_id=?", (batch_id,)).fetchone()
         if row is None:
             raise NotFound(f"there is no batch {batch_id}")
-        return Batch.from_row(row)
+        return batch_from_row(row)
 
     def batches(self, states: Iterable[str] | None = None, limit: int | None = None) -> list[Batch]:
         sql, params = "SELECT * FROM batches", []
@@ -146,7 +64,7 @@ class Ledger(ClaimsMixin):
         sql += " ORDER BY batch_id"
         if limit:
             sql += f" LIMIT {int(limit)}"
-        return [Batch.from_row(r) for r in self.query(sql, params)]
+        return [batch_from_row(r) for r in self.query(sql, params)]
 
     def next_batch(self) -> Batch | None:
         """A batch interrupted by a crash first, then the oldest waiting one."""
@@ -154,7 +72,7 @@ class Ledger(ClaimsMixin):
             "SELECT * FROM batches WHERE state IN ('running', 'waiting')"
             " ORDER BY state='running' DESC, batch_id LIMIT 1"
         ).fetchone()
-        return None if row is None else Batch.from_row(row)
+        return None if row is None else batch_from_row(row)
 
     def queue_counts(self) -> dict[str, int]:
         counts = {s.value: 0 for s in BatchState}
@@ -244,7 +162,7 @@ class Ledger(ClaimsMixin):
 
     def run_batches(self, run_id: int) -> list[Batch]:
         return [
-            Batch.from_row(r)
+            batch_from_row(r)
             for r in self.query("SELECT * FROM batches WHERE run_id=? ORDER BY batch_id", (run_id,))
         ]
 

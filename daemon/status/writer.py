@@ -1,4 +1,4 @@
-"""The status file: one pydantic model and the only code that writes it.
+"""The only code that writes the status file.
 
 `status/training_status.json` is what people read with `jq`. It is replaced
 atomically (temporary file in the same directory, flush, fsync, os.replace,
@@ -11,159 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import logging
 import os
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
-from enum import StrEnum
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from daemon.status.model import Status, json_schema
 
 log = logging.getLogger(__name__)
-
-SCHEMA_VERSION = 1
-
-
-class DaemonStatus(StrEnum):
-    IDLE = "idle"
-    TRAINING = "training"
-    PAUSED = "paused"
-    ERROR = "error"
-    STOPPED = "stopped"
-
-
-class PhaseStatus(StrEnum):
-    PENDING = "pending"
-    RUNNING = "running"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    SKIPPED = "skipped"
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class PhaseProgress(_Model):
-    status: PhaseStatus = Field(description="pending, running, completed, failed or skipped")
-    step: int = Field(description="steps of this phase done in the current batch")
-    total_steps: int = Field(description="steps this phase has in the current batch")
-    percentage: float = Field(description="step / total_steps * 100; 100 only when done")
-
-
-class Phases(_Model):
-    embedding: PhaseProgress
-    faces: PhaseProgress
-    clustering: PhaseProgress
-
-
-class OverallProgress(_Model):
-    percentage: float | None = Field(
-        None, description="share of the run's work done, weighted by measured cost per step"
-    )
-    eta_seconds: float | None = Field(None, description="estimated seconds until the run ends")
-    eta_at: datetime | None = Field(None, description="estimated UTC time the run ends")
-
-
-class DaemonInfo(_Model):
-    pid: int
-    version: str
-    started_at: datetime
-    hostname: str
-
-
-class QueueCounts(_Model):
-    waiting: int = 0
-    running: int = 0
-    completed: int = 0
-    failed: int = 0
-    paused: int = Field(0, description="batches held by `imgtrain queue pause`")
-    cancelled: int = 0
-
-
-class LastBatch(_Model):
-    batch_id: int
-    name: str
-    state: str = Field(description="completed, failed or cancelled")
-    images: int = Field(description="images in the batch")
-    processed: int = Field(description="images processed by every phase")
-    duplicates: int = Field(description="images already in the library, not recomputed")
-    failed_images: int = Field(description="images skipped with a per-file error")
-    faces: int
-    seconds: float
-    images_per_second: float | None
-    finished_at: datetime | None
-    error: str | None = None
-
-
-class ErrorEntry(_Model):
-    at: datetime
-    code: str
-    message: str
-    file: str | None = None
-    batch_id: int | None = None
-
-
-class ErrorInfo(_Model):
-    code: str
-    message: str
-    hint: str
-
-
-class Totals(_Model):
-    batches: int = 0
-    images: int = 0
-    faces: int = 0
-    clusters: int = 0
-    people: int = 0
-
-
-class SystemInfo(_Model):
-    rss_bytes: int | None = None
-    cpu_percent: float | None = None
-    disk_free_bytes: int | None = Field(None, description="free bytes on the data directory's disk")
-
-
-class Status(_Model):
-    """The whole status file. Fields keep their meaning; new ones may be added."""
-
-    schema_version: int = SCHEMA_VERSION
-    status: DaemonStatus
-    message: str = Field(description="one human line saying what is happening now")
-    updated_at: datetime
-    daemon: DaemonInfo
-    error: ErrorInfo | None = Field(None, description="set when status is error")
-    current_file: str | None = Field(None, description="the dropped folder's name")
-    batch_id: int | None = None
-    batch_number: int | None = Field(None, description="position of this batch in the run, 1-based")
-    batch_queue_size: int | None = Field(
-        None, description="batches in the run: done+current+waiting"
-    )
-    batch_step: int | None = Field(None, description="steps of the current batch done")
-    batch_total_steps: int | None = Field(None, description="steps of the current batch")
-    phase: str | None = Field(None, description="the phase running now")
-    phases: Phases | None = Field(None, description="per-phase progress of the current batch")
-    current_step: int | None = Field(None, description="steps done in the run, all batches")
-    total_steps: int | None = Field(None, description="steps in the run; grows when folders arrive")
-    overall_progress: OverallProgress = Field(default_factory=OverallProgress)
-    throughput: float | None = Field(None, description="images per second, smoothed")
-    queue: QueueCounts = Field(default_factory=QueueCounts)
-    last_batch: LastBatch | None = None
-    errors: list[ErrorEntry] = Field(default_factory=list, description="most recent first")
-    totals: Totals = Field(default_factory=Totals)
-    system: SystemInfo = Field(default_factory=SystemInfo)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def json_schema() -> str:
-    return json.dumps(Status.model_json_schema(), indent=2, sort_keys=True) + "\n"
 
 
 def atomic_write(path: Path, data: bytes) -> None:

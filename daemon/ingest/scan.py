@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import Literal
 
 from daemon.errors import Code
-from daemon.imaging import sniff_format
-from daemon.queue import FileEntry, SkippedFile
+from daemon.imaging.decode import sniff_format
+from daemon.vocab import FileEntry, SkippedFile
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}

@@ -20,8 +20,6 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from daemon import history
-from daemon.claim import recover_claims
 from daemon.config import Config, load_config
 from daemon.errors import (
     Cancelled,
@@ -31,19 +29,23 @@ from daemon.errors import (
     ModelMismatch,
     ModelUnavailable,
 )
-from daemon.inbox import Inbox
-from daemon.logs import batch_context, setup_logging
+from daemon.ingest.claim import recover_claims
+from daemon.ingest.watch import Inbox
+from daemon.ledger import history
+from daemon.ledger.ledger import Ledger
 from daemon.models import ModelRegistry
 from daemon.phases.base import PhaseContext
 from daemon.phases.clustering import ClusteringPhase
 from daemon.phases.embedding import EmbeddingPhase
 from daemon.phases.faces import FacesPhase
-from daemon.pipeline import Control, Pipeline
-from daemon.progress import PHASES, Progress, RunPlan
-from daemon.queue import Batch, BatchState, Ledger
-from daemon.status import DaemonStatus, ErrorInfo, Status, StatusWriter
-from daemon.store import Store
-from daemon.systemd import Notifier
+from daemon.phases.pipeline import Control, Pipeline
+from daemon.service.logs import batch_context, setup_logging
+from daemon.service.systemd import Notifier
+from daemon.status.model import ErrorInfo, Status
+from daemon.status.progress import PHASES, Progress, RunPlan
+from daemon.status.writer import StatusWriter
+from daemon.store.chroma import Store
+from daemon.vocab import Batch, BatchState, DaemonStatus
 
 log = logging.getLogger("imgtrain")
 

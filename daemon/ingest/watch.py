@@ -44,12 +44,12 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
-from daemon import scan
-from daemon.claim import ClaimRefused, claim_entry, claim_loose, recover_claims
 from daemon.config import Config
 from daemon.errors import Code, ConfigError, DiskFull
-from daemon.queue import Ledger
-from daemon.settle import Fingerprint, StabilityTracker
+from daemon.ingest import scan
+from daemon.ingest.claim import ClaimRefused, claim_entry, claim_loose, recover_claims
+from daemon.ingest.settle import Fingerprint, StabilityTracker
+from daemon.ledger.ledger import Ledger
 
 log = logging.getLogger("imgtrain.inbox")
 

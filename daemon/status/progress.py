@@ -22,25 +22,24 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from daemon import __version__
-from daemon.status import (
+from daemon.status.model import (
     DaemonInfo,
-    DaemonStatus,
     ErrorEntry,
     ErrorInfo,
     LastBatch,
     OverallProgress,
     PhaseProgress,
     Phases,
-    PhaseStatus,
     QueueCounts,
     Status,
     SystemInfo,
     Totals,
     utcnow,
 )
+from daemon.vocab import DaemonStatus, PhaseState
 
 if TYPE_CHECKING:
-    from daemon.history import BatchSummary, ErrorRow
+    from daemon.ledger.history import BatchSummary, ErrorRow
 
 PHASES = ("embedding", "faces", "clustering")
 # Priors in seconds per step, used only until a phase has been measured once on
@@ -74,16 +73,16 @@ class CostModel:
 
 @dataclass
 class PhaseCount:
-    status: PhaseStatus = PhaseStatus.PENDING
+    status: PhaseState = PhaseState.PENDING
     step: int = 0
     total: int = 0
 
     def view(self) -> PhaseProgress:
         total = self.total
-        if self.status == PhaseStatus.COMPLETED or (
-            total == 0 and self.status != PhaseStatus.PENDING
+        if self.status == PhaseState.COMPLETED or (
+            total == 0 and self.status != PhaseState.PENDING
         ):
-            pct = 100.0 if self.status == PhaseStatus.COMPLETED else 0.0
+            pct = 100.0 if self.status == PhaseState.COMPLETED else 0.0
         else:
             pct = 100.0 * self.step / total if total else 0.0
             if self.step < total:
@@ -208,7 +207,7 @@ class Progress:
                 (
                     p
                     for p in PHASES
-                    if counts[p].status not in (PhaseStatus.SKIPPED, PhaseStatus.COMPLETED)
+                    if counts[p].status not in (PhaseState.SKIPPED, PhaseState.COMPLETED)
                 ),
                 None,
             )
@@ -221,15 +220,15 @@ class Progress:
             count = self.counts[phase]
             if total is not None:
                 count.total = total
-            if count.status == PhaseStatus.PENDING:
-                count.status = PhaseStatus.RUNNING
+            if count.status == PhaseState.PENDING:
+                count.status = PhaseState.RUNNING
             self.phase = phase
             self._last_report = time.monotonic()
 
-    def phase_finished(self, phase: str, status: PhaseStatus) -> None:
+    def phase_finished(self, phase: str, status: PhaseState) -> None:
         with self._lock:
             count = self.counts[phase]
-            if status == PhaseStatus.COMPLETED and count.step < count.total:
+            if status == PhaseState.COMPLETED and count.step < count.total:
                 raise AssertionError(f"{phase} marked completed at {count.step}/{count.total}")
             count.status = status
 
@@ -253,7 +252,7 @@ class Progress:
             self.counts = {}
 
     def _last_image_phase(self) -> str | None:
-        active = [p for p in ("embedding", "faces") if self.counts[p].status != PhaseStatus.SKIPPED]
+        active = [p for p in ("embedding", "faces") if self.counts[p].status != PhaseState.SKIPPED]
         return active[-1] if active else None
 
     def _observe_throughput(self, now: float, n: int) -> None:

@@ -11,9 +11,10 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from daemon import history
 from daemon.errors import InvalidState
-from daemon.queue import BatchState, Ledger, PhaseState
+from daemon.ledger import history
+from daemon.ledger.ledger import Ledger
+from daemon.vocab import BatchState, PhaseState
 
 FINISHED = (BatchState.COMPLETED, BatchState.FAILED, BatchState.CANCELLED)
 RETRYABLE = (BatchState.FAILED, BatchState.CANCELLED)

@@ -14,10 +14,11 @@ import os
 from datetime import datetime
 from pathlib import Path
 
-from daemon import scan
 from daemon.config import Config
 from daemon.errors import Code, ImgtrainError
-from daemon.queue import Ledger, SkippedFile
+from daemon.ingest import scan
+from daemon.ledger.ledger import Ledger
+from daemon.vocab import SkippedFile
 
 log = logging.getLogger("imgtrain.inbox")
 
@@ -70,7 +71,7 @@ def _finish(
 ) -> None:
     listing = scan.scan_batch(dest, config.inbox.ignore, follow_top_links=kind == "loose")
     skipped = listing.skipped + (extra_skipped or [])
-    ledger.finish_claim(batch_id, listing.files, skipped, phases=list(config.phases))
+    ledger.claims.finish_claim(batch_id, listing.files, skipped, phases=list(config.phases))
     log.info(
         "claimed batch %d from %s: %d images, %d skipped, %d other files left out",
         batch_id,
@@ -85,14 +86,14 @@ def claim_entry(ledger: Ledger, config: Config, entry: Path) -> int:
     """Claim one folder (or link to a folder) from the inbox. Raises ClaimRefused."""
     kind = "symlink" if entry.is_symlink() else "folder"
     name = scan.printable(entry.name)
-    batch_id = ledger.reserve_batch(name, kind, [str(entry)])
+    batch_id = ledger.claims.reserve_batch(name, kind, [str(entry)])
     dest = batch_home(config, batch_id, name)
-    ledger.set_batch_path(batch_id, dest)
+    ledger.claims.set_batch_path(batch_id, dest)
     try:
         _move(entry, dest)
     except OSError as exc:
         refusal = _refusal(exc, f"'{name}'")
-        ledger.fail_claim(batch_id, refusal.code, refusal.message)
+        ledger.claims.fail_claim(batch_id, refusal.code, refusal.message)
         raise refusal from exc
     _finish(ledger, config, batch_id, dest, kind)
     return batch_id
@@ -101,9 +102,9 @@ def claim_entry(ledger: Ledger, config: Config, entry: Path) -> int:
 def claim_loose(ledger: Ledger, config: Config, files: list[Path]) -> int:
     """Gather loose files into one new batch folder. Raises ClaimRefused if none moved."""
     name = f"loose-{datetime.now():%Y-%m-%dT%H%M}"
-    batch_id = ledger.reserve_batch(name, "loose", [str(f) for f in files])
+    batch_id = ledger.claims.reserve_batch(name, "loose", [str(f) for f in files])
     dest = batch_home(config, batch_id, name)
-    ledger.set_batch_path(batch_id, dest)
+    ledger.claims.set_batch_path(batch_id, dest)
     stuck = _gather(files, dest)
     if not any(dest.iterdir()):
         dest.rmdir()
@@ -112,7 +113,7 @@ def claim_loose(ledger: Ledger, config: Config, files: list[Path]) -> int:
             if stuck
             else ClaimRefused(Code.NOT_FOUND, "the loose files vanished before they were claimed")
         )
-        ledger.fail_claim(batch_id, refusal.code, refusal.message)
+        ledger.claims.fail_claim(batch_id, refusal.code, refusal.message)
         raise refusal
     _finish(ledger, config, batch_id, dest, "loose", stuck)
     return batch_id
@@ -145,14 +146,14 @@ def recover_claims(ledger: Ledger, config: Config) -> list[int]:
     """
     queued = []
     batches_dir = os.path.abspath(config.batches_dir)
-    claiming = ledger.claiming_batches()
+    claiming = ledger.claims.claiming_batches()
     if claiming:
         config.batches_dir.mkdir(parents=True, exist_ok=True)
     for batch in claiming:
         sources = [Path(s) for s in batch.sources]
         dest = Path(batch.path) if batch.path else batch_home(config, batch.batch_id, batch.name)
         if os.path.abspath(dest.parent) != batches_dir:
-            ledger.fail_claim(
+            ledger.claims.fail_claim(
                 batch.batch_id,
                 Code.INVALID_STATE,
                 f"interrupted claim points at {dest}, outside {config.batches_dir};"
@@ -160,7 +161,7 @@ def recover_claims(ledger: Ledger, config: Config) -> list[int]:
             )
             continue
         if batch.path is None:
-            ledger.set_batch_path(batch.batch_id, dest)
+            ledger.claims.set_batch_path(batch.batch_id, dest)
         stuck: list[SkippedFile] = []
         try:
             if batch.kind == "loose":
@@ -174,10 +175,10 @@ def recover_claims(ledger: Ledger, config: Config) -> list[int]:
                 present = os.path.lexists(dest)
         except OSError as exc:
             refusal = _refusal(exc, f"'{batch.name}'")
-            ledger.fail_claim(batch.batch_id, refusal.code, refusal.message)
+            ledger.claims.fail_claim(batch.batch_id, refusal.code, refusal.message)
             continue
         if not present:
-            ledger.fail_claim(
+            ledger.claims.fail_claim(
                 batch.batch_id,
                 Code.NOT_FOUND,
                 f"the claim of '{batch.name}' was interrupted and its files are gone from"
