@@ -2,15 +2,17 @@
 
 Phase names with their kind and order, the states of a batch, of a batch's
 phase, of an image's phase and of the daemon, and the records that travel
-between the layers (`Batch`, `FileEntry`, `SkippedFile`). The values are what
+between the layers (`Batch`, `FileEntry`, `SkippedFile`, `PendingImage`,
+`ImageOutcome`). The values are what
 the ledger stores and the status file shows, so they are never renamed.
 Everything else imports them from here; this module imports nothing of ours.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 
 class PhaseName(StrEnum):
@@ -122,3 +124,25 @@ class SkippedFile:
     rel_path: str
     code: str
     message: str
+
+
+@dataclass(frozen=True)
+class PendingImage:
+    """An image of a batch with image phases still to run: what the pipeline reads to resume."""
+
+    image_id: int
+    rel_path: str
+    sha256: str
+    format: str | None
+    phases: frozenset[str]  # the image phases still pending for it
+
+
+@dataclass
+class ImageOutcome:
+    """What one image phase did with one image; the ledger records it."""
+
+    image_id: int
+    state: ImageState
+    error_code: str | None = None
+    message: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)  # e.g. {"faces": 2}

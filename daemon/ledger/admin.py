@@ -54,17 +54,7 @@ def list_batches(
         where = f" WHERE b.state IN ({','.join('?' * len(states))})"
         params += states
     rows = ledger.query(
-        "SELECT b.*,"
-        " (SELECT COUNT(*) FROM images i WHERE i.batch_id=b.batch_id) n_images,"
-        " (SELECT COUNT(*) FROM images i WHERE i.batch_id=b.batch_id"
-        "   AND i.duplicate_of IS NOT NULL) n_dups,"
-        " (SELECT COUNT(*) FROM images i WHERE i.batch_id=b.batch_id AND EXISTS("
-        "   SELECT 1 FROM image_phases p WHERE p.image_id=i.image_id AND p.state='failed'))"
-        "   n_failed,"
-        " (SELECT COUNT(*) FROM images i WHERE i.batch_id=b.batch_id"
-        "   AND i.duplicate_of IS NULL AND NOT EXISTS(SELECT 1 FROM image_phases p"
-        "   WHERE p.image_id=i.image_id AND p.state IN ('pending','failed'))) n_processed,"
-        " (SELECT COUNT(*) FROM faces f WHERE f.batch_id=b.batch_id) n_faces,"
+        f"SELECT b.*, {history.BATCH_COUNTS_SQL},"
         " (SELECT COUNT(*) FROM errors e WHERE e.batch_id=b.batch_id) n_errors"
         f" FROM batches b{where} ORDER BY b.batch_id DESC"
         + (f" LIMIT {int(limit)}" if limit else ""),

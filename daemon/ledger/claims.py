@@ -13,12 +13,14 @@ from pathlib import Path
 from daemon.ledger.db import Database
 from daemon.ledger.rows import batch_from_row
 from daemon.vocab import (
+    PHASES,
     Batch,
     BatchState,
     FileEntry,
     ImageState,
     PhaseState,
     SkippedFile,
+    is_batch_phase,
 )
 
 
@@ -68,7 +70,7 @@ class Claims:
                 image_id = int(cur.lastrowid)
                 seen.setdefault(entry.sha256, image_id)
                 for phase in phases:
-                    if phase == "clustering":
+                    if is_batch_phase(phase):
                         continue
                     conn.execute(
                         "INSERT INTO image_phases(image_id, phase, state, message, updated_at)"
@@ -86,7 +88,7 @@ class Claims:
                     "INSERT INTO errors(at, batch_id, file, code, message) VALUES (?,?,?,?,?)",
                     (now, batch_id, skip.rel_path, skip.code, skip.message),
                 )
-            for phase in ("embedding", "faces", "clustering"):
+            for phase in PHASES:
                 conn.execute(
                     "INSERT OR REPLACE INTO batch_phases(batch_id, phase, state) VALUES (?,?,?)",
                     (

@@ -26,39 +26,46 @@ class BatchSummary:
     failed_images: int
     faces: int
     seconds: float
+    images_per_second: float | None
     finished_at: datetime | None
     error: str | None
 
-    @property
-    def images_per_second(self) -> float | None:
-        return (
-            round(self.processed / self.seconds, 3) if self.seconds > 0 and self.processed else None
-        )
+
+# How a batch's images and faces are counted, for the status file's last batch and
+# for `imgtrain queue` alike (a select list over `batches b`). A failed per-file
+# step makes an image failed; an image is processed once no phase is left for it.
+BATCH_COUNTS_SQL = (
+    " (SELECT COUNT(*) FROM images i WHERE i.batch_id=b.batch_id) n_images,"
+    " (SELECT COUNT(*) FROM images i WHERE i.batch_id=b.batch_id"
+    "   AND i.duplicate_of IS NOT NULL) n_dups,"
+    " (SELECT COUNT(*) FROM images i WHERE i.batch_id=b.batch_id AND EXISTS("
+    "   SELECT 1 FROM image_phases p WHERE p.image_id=i.image_id AND p.state='failed'))"
+    "   n_failed,"
+    " (SELECT COUNT(*) FROM images i WHERE i.batch_id=b.batch_id"
+    "   AND i.duplicate_of IS NULL AND NOT EXISTS(SELECT 1 FROM image_phases p"
+    "   WHERE p.image_id=i.image_id AND p.state IN ('pending','failed'))) n_processed,"
+    " (SELECT COUNT(*) FROM faces f WHERE f.batch_id=b.batch_id) n_faces"
+)
 
 
 def batch_summary(ledger: Ledger, batch_id: int) -> BatchSummary:
     batch = ledger.batch(batch_id)
-    row = ledger.query(
-        "SELECT COUNT(*) images, SUM(duplicate_of IS NOT NULL) duplicates,"
-        " SUM(EXISTS(SELECT 1 FROM image_phases p WHERE p.image_id=i.image_id"
-        "            AND p.state='failed')) failed,"
-        " SUM(duplicate_of IS NULL AND NOT EXISTS(SELECT 1 FROM image_phases p"
-        "     WHERE p.image_id=i.image_id AND p.state IN ('pending','failed'))) processed"
-        " FROM images i WHERE batch_id=?",
-        (batch_id,),
-    )[0]
-    faces = ledger.query("SELECT COUNT(*) n FROM faces WHERE batch_id=?", (batch_id,))[0]["n"]
+    row = ledger.query(f"SELECT {BATCH_COUNTS_SQL} FROM batches b WHERE b.batch_id=?", (batch_id,))[
+        0
+    ]
     error = f"{batch.error_code}: {batch.error_message}" if batch.error_code else None
+    seconds, processed = round(batch.seconds, 3), int(row["n_processed"])
     return BatchSummary(
         batch_id=batch.batch_id,
         name=batch.name,
         state=str(batch.state),
-        images=int(row["images"] or 0),
-        processed=int(row["processed"] or 0),
-        duplicates=int(row["duplicates"] or 0),
-        failed_images=int(row["failed"] or 0),
-        faces=int(faces),
-        seconds=round(batch.seconds, 3),
+        images=int(row["n_images"]),
+        processed=processed,
+        duplicates=int(row["n_dups"]),
+        failed_images=int(row["n_failed"]),
+        faces=int(row["n_faces"]),
+        seconds=seconds,
+        images_per_second=round(processed / seconds, 3) if seconds > 0 and processed else None,
         finished_at=_ts(batch.finished_at),
         error=error,
     )

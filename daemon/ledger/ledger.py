@@ -21,7 +21,15 @@ from daemon.errors import InvalidState, NotFound
 from daemon.ledger.claims import Claims
 from daemon.ledger.db import Database
 from daemon.ledger.rows import batch_from_row
-from daemon.vocab import Batch, BatchState, PhaseState
+from daemon.vocab import (
+    BATCH_PHASES,
+    PHASES,
+    Batch,
+    BatchState,
+    ImageOutcome,
+    PendingImage,
+    PhaseState,
+)
 
 
 class Ledger:
@@ -167,14 +175,12 @@ class Ledger:
         ]
 
     def step_counts(self, batch_ids: list[int]) -> dict[int, dict[str, list[int]]]:
-        """{batch_id: {phase: [done, total]}} for image phases, and clustering's sub-steps.
+        """{batch_id: {phase: [done, total]}}: images for image phases, sub-steps for batch phases.
 
         Duplicates and disabled phases are not steps. A failed per-file step is
         done: the work for it is over.
         """
-        out: dict[int, dict[str, list[int]]] = {
-            b: {"embedding": [0, 0], "faces": [0, 0], "clustering": [0, 0]} for b in batch_ids
-        }
+        out: dict[int, dict[str, list[int]]] = {b: {p: [0, 0] for p in PHASES} for b in batch_ids}
         if not batch_ids:
             return out
         marks = ",".join("?" * len(batch_ids))
@@ -185,12 +191,13 @@ class Ledger:
             batch_ids,
         ):
             out[row["batch_id"]][row["phase"]] = [int(row["done"]), int(row["total"])]
+        batch_phases = ",".join("?" * len(BATCH_PHASES))
         for row in self.query(
-            f"SELECT batch_id, step, total_steps FROM batch_phases WHERE phase='clustering'"
-            f" AND batch_id IN ({marks})",
-            batch_ids,
+            "SELECT batch_id, phase, step, total_steps FROM batch_phases"
+            f" WHERE phase IN ({batch_phases}) AND batch_id IN ({marks})",
+            [*BATCH_PHASES, *batch_ids],
         ):
-            out[row["batch_id"]]["clustering"] = [int(row["step"]), int(row["total_steps"])]
+            out[row["batch_id"]][row["phase"]] = [int(row["step"]), int(row["total_steps"])]
         return out
 
     # -- running a batch ----------------------------------------------------
@@ -203,17 +210,32 @@ class Ledger:
             )
         return self.batch(batch_id)
 
-    def pending_images(self, batch_id: int) -> list[sqlite3.Row]:
-        """Images with any image phase still pending, in order; `phases` is a CSV of them."""
-        return self.query(
-            "SELECT i.image_id, i.rel_path, i.sha256, i.format,"
-            " GROUP_CONCAT(p.phase) AS phases FROM images i JOIN image_phases p USING(image_id)"
-            " WHERE i.batch_id=? AND p.state='pending' GROUP BY i.image_id ORDER BY i.image_id",
-            (batch_id,),
-        )
+    def pending_images(self, batch_id: int) -> list[PendingImage]:
+        """Images with any image phase still pending, in order, each with those phases."""
+        return [
+            PendingImage(
+                image_id=r["image_id"],
+                rel_path=r["rel_path"],
+                sha256=r["sha256"],
+                format=r["format"],
+                phases=frozenset(r["phases"].split(",")),
+            )
+            for r in self.query(
+                "SELECT i.image_id, i.rel_path, i.sha256, i.format,"
+                " GROUP_CONCAT(p.phase) AS phases FROM images i JOIN image_phases p"
+                " USING(image_id) WHERE i.batch_id=? AND p.state='pending'"
+                " GROUP BY i.image_id ORDER BY i.image_id",
+                (batch_id,),
+            )
+        ]
 
     def record_outcomes(
-        self, batch_id: int, phase: str, outcomes: Iterable[Any], *, log_errors: bool = True
+        self,
+        batch_id: int,
+        phase: str,
+        outcomes: Iterable[ImageOutcome],
+        *,
+        log_errors: bool = True,
     ) -> None:
         """Store each image's outcome for `phase` (one transaction for the lot)."""
         now = time.time()

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from daemon.vocab import ImageState, PhaseName
+from daemon.vocab import ImageOutcome, PhaseName
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -57,15 +57,6 @@ class DecodedImage:
     captured_at: str | None = None  # EXIF DateTimeOriginal as ISO-8601, when present
     pending: frozenset[str] = frozenset()  # the phases that still have to process it
     prepared: dict[str, Any] = field(default_factory=dict)  # phase name -> its prepare() result
-
-
-@dataclass
-class ImageOutcome:
-    image_id: int
-    state: ImageState
-    error_code: str | None = None
-    message: str | None = None
-    detail: dict[str, Any] = field(default_factory=dict)  # e.g. {"faces": 2}
 
 
 @dataclass

@@ -9,8 +9,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from daemon.phases.base import BatchInfo, DecodedImage, ImageOutcome, PhaseContext, Report
-from daemon.vocab import ImageState, PhaseName
+from daemon.phases.base import BatchInfo, DecodedImage, PhaseContext, Report
+from daemon.vocab import ImageOutcome, ImageState, PhaseName
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ import time
 from contextlib import closing
 from typing import Any
 
-from daemon.phases.base import BatchInfo, DecodedImage, ImageOutcome, PhaseContext, Report
-from daemon.vocab import ImageState, PhaseName
+from daemon.phases.base import BatchInfo, DecodedImage, PhaseContext, Report
+from daemon.vocab import ImageOutcome, ImageState, PhaseName
 
 log = logging.getLogger(__name__)
 

@@ -1,89 +1,57 @@
 """Runs one batch through the phases, in order, resuming where it stopped.
 
-Image phases (embedding, faces) share one decode of each photo: a small thread
-pool decodes chunk i+1, and runs each phase's `prepare` on it (CLIP's
-preprocessing), while the models work on chunk i; every image phase processes
-the chunk before the next is taken, so memory stays bounded by a few chunks.
-Batch phases (clustering) run once the image phases are done.
+Image phases (embedding, faces) share one decode of each photo: the
+decode-ahead generator (`daemon.phases.ahead`) decodes chunk i+1, and runs
+each phase's `prepare` on it (CLIP's preprocessing), while the models work on
+chunk i; every image phase processes the chunk before the next is taken, so
+memory stays bounded by a few chunks. Batch phases (clustering) run once the
+image phases are done.
 
 Steps are counted from the ledger when a batch starts (so a resumed batch
-starts where it stopped) and advanced as phases report. Control requests
-(shutdown, pause, cancel) are honoured between chunks, after the chunk's
-outcomes are in the ledger, so nothing is left half-recorded.
+starts where it stopped) and advanced as phases report. A phase's state
+changes through one call, `_mark`, which tells the progress channel, the
+ledger and the status writer together. Control requests (shutdown, pause,
+cancel) are honoured between chunks, after the chunk's outcomes are in the
+ledger, so nothing is left half-recorded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
 
-from daemon.errors import Cancelled, ImageError, Interrupted
+from daemon.errors import ImageError
 from daemon.imaging.decode import decode
 from daemon.ledger.ledger import Ledger
-from daemon.phases.base import (
-    BatchInfo,
-    BatchPhase,
-    DecodedImage,
+from daemon.phases.ahead import decode_ahead
+from daemon.phases.base import BatchInfo, BatchPhase, DecodedImage, ImagePhase, PhaseContext
+from daemon.phases.control import Control
+from daemon.status.progress import PhaseCount, Progress
+from daemon.vocab import (
+    PHASES,
+    Batch,
+    DaemonStatus,
     ImageOutcome,
-    ImagePhase,
-    PhaseContext,
+    ImageState,
+    PendingImage,
+    PhaseState,
+    is_batch_phase,
 )
-from daemon.status.progress import PHASES, PhaseCount, Progress
-from daemon.vocab import Batch, DaemonStatus, ImageState, PhaseState
 
 log = logging.getLogger(__name__)
 
-RUN_AHEAD = 2  # chunks decoded ahead of the models
+DONE_STATES = (PhaseState.SKIPPED, PhaseState.COMPLETED)
 
 
 @dataclass(frozen=True)
 class DecodeFailure:
-    row: Any
+    image: PendingImage
     error: ImageError
-
-
-class Control:
-    """Between-step checks: shutdown, pause and cancel requests from the CLI."""
-
-    def __init__(
-        self,
-        ledger: Ledger,
-        stop: threading.Event,
-        progress: Progress,
-        poke: Callable[[], None],
-        poll_seconds: float = 0.5,
-    ) -> None:
-        self.ledger, self.stop, self.progress, self.poke = ledger, stop, progress, poke
-        self.poll_seconds = poll_seconds
-
-    def checkpoint(self, batch_id: int, where: str) -> None:
-        if self.stop.is_set():
-            raise Interrupted(where)
-        if self.ledger.cancel_requested(batch_id):
-            raise Cancelled(f"batch {batch_id} cancelled {where}")
-        if not self.ledger.is_paused():
-            return
-        status, message = self.progress.status, self.progress.message
-        self.progress.set_state(
-            DaemonStatus.PAUSED, f"Paused {where}; `imgtrain queue resume` continues"
-        )
-        self.poke()
-        log.info("paused %s", where)
-        while self.ledger.is_paused():
-            if self.stop.wait(self.poll_seconds):
-                raise Interrupted(where)
-            if self.ledger.cancel_requested(batch_id):
-                raise Cancelled(f"batch {batch_id} cancelled while paused")
-        log.info("resumed")
-        self.progress.set_state(status, message)
-        self.poke()
 
 
 class Pipeline:
@@ -119,12 +87,12 @@ class Pipeline:
         counts: dict[str, PhaseCount] = {}
         for name in PHASES:
             done, total = steps[name]
-            state = states[name]["state"] if name in states else PhaseState.SKIPPED
-            if name == "clustering" and state != PhaseState.COMPLETED and state != "skipped":
+            state = PhaseState(states[name]["state"]) if name in states else PhaseState.SKIPPED
+            if is_batch_phase(name) and state not in DONE_STATES:
+                # A batch phase restarts from its first sub-step (it is idempotent).
                 total = self.batch_phase(name).total_steps(self.info(batch))
-                done = 0  # clustering restarts from its first sub-step (it is idempotent)
-            status = PhaseState(state) if state != PhaseState.RUNNING else PhaseState.RUNNING
-            counts[name] = PhaseCount(status=status, step=done, total=total)
+                done = 0
+            counts[name] = PhaseCount(status=state, step=done, total=total)
         return counts
 
     def batch_phase(self, name: str) -> BatchPhase:
@@ -139,65 +107,75 @@ class Pipeline:
         info = self.info(batch)
         self.progress.begin_batch(batch.batch_id, batch.name, self.counts_for(batch))
         self.poke()
-        rows = self.ledger.pending_images(batch.batch_id)
-        if rows:
-            # Decoding the first chunk is the first phase's work: say so from the start.
-            first = next(
-                p.name for p in self.image_phases if any(p.name in r["phases"] for r in rows)
-            )
-            self._start_phase(info, first)
-            self._run_image_phases(info, rows)
-        for phase in self.image_phases:
-            self._finish_phase(info, phase.name)
-        self.control.checkpoint(info.batch_id, "before clustering")
-        for phase in self.batch_phases:
-            self._run_batch_phase(info, phase)
-        for phase in [*self.image_phases, *self.batch_phases]:
-            phase.cleanup()
+        try:
+            pending = self.ledger.pending_images(batch.batch_id)
+            if pending:
+                # Decoding the first chunk is the first phase's work: say so from the start.
+                first = next(
+                    p.name for p in self.image_phases if any(p.name in i.phases for i in pending)
+                )
+                self._mark(info, first, PhaseState.RUNNING)
+                self._run_image_phases(info, pending)
+            for phase in self.image_phases:
+                if self.progress.counts[phase.name].status not in DONE_STATES:
+                    self._mark(info, phase.name, PhaseState.COMPLETED)
+            self.control.checkpoint(info.batch_id, "before clustering")
+            for batch_phase in self.batch_phases:
+                self._run_batch_phase(info, batch_phase)
+        finally:
+            for phase in [*self.image_phases, *self.batch_phases]:
+                phase.cleanup()
 
-    def _finish_phase(self, info: BatchInfo, name: str) -> None:
+    def _mark(
+        self, info: BatchInfo, name: str, state: PhaseState, *, add_seconds: float = 0.0
+    ) -> None:
+        """One phase changes state: in the progress channel, the ledger and the status file."""
         count = self.progress.counts[name]
-        if count.status in (PhaseState.SKIPPED, PhaseState.COMPLETED):
-            return
-        self.progress.phase_finished(name, PhaseState.COMPLETED)
-        self.ledger.set_batch_phase(info.batch_id, name, PhaseState.COMPLETED, step=count.step)
+        if state == PhaseState.RUNNING:
+            self.progress.phase_started(name, count.total)
+        else:
+            self.progress.phase_finished(name, state)
+        self.ledger.set_batch_phase(
+            info.batch_id,
+            name,
+            state,
+            step=count.step,
+            total_steps=count.total,
+            add_seconds=add_seconds,
+        )
         self.poke()
 
-    def _run_image_phases(self, info: BatchInfo, rows: list[Any]) -> None:
-        chunks = [rows[i : i + self.chunk] for i in range(len(rows)) if i % self.chunk == 0]
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="decode") as pool:
-            ahead: deque[list[Future[Any]]] = deque()
-            todo = deque(chunks)
-            while todo or ahead:
-                while todo and len(ahead) < RUN_AHEAD:
-                    ahead.append([pool.submit(self._decode, info, row) for row in todo.popleft()])
-                futures = ahead.popleft()
-                try:
-                    self._process_chunk(info, futures)
-                except BaseException:
-                    for pending in ahead:
-                        for fut in pending:
-                            fut.cancel()
-                    raise
+    def _start(self, info: BatchInfo, name: str) -> None:
+        """Mark `name` running unless it is already the running phase."""
+        if self.progress.phase != name or self.progress.counts[name].status == PhaseState.PENDING:
+            self._mark(info, name, PhaseState.RUNNING)
+
+    def _run_image_phases(self, info: BatchInfo, pending: list[PendingImage]) -> None:
+        chunks = decode_ahead(
+            pending, partial(self._decode, info), chunk=self.chunk, workers=self.workers
+        )
+        with contextlib.closing(chunks):
+            for results in chunks:
+                self._process_chunk(info, results)
                 self.control.checkpoint(info.batch_id, "between chunks")
 
-    def _decode(self, info: BatchInfo, row: Any) -> DecodedImage | DecodeFailure:
-        path = info.path / row["rel_path"]
+    def _decode(self, info: BatchInfo, item: PendingImage) -> DecodedImage | DecodeFailure:
+        path = info.path / item.rel_path
         try:
             d = decode(path, self.decode_cfg)
         except ImageError as exc:
-            return DecodeFailure(row, exc)
+            return DecodeFailure(item, exc)
         decoded = DecodedImage(
-            image_id=row["image_id"],
-            sha256=row["sha256"],
+            image_id=item.image_id,
+            sha256=item.sha256,
             path=path,
-            rel_path=row["rel_path"],
+            rel_path=item.rel_path,
             image=d.image,
             width=d.width,
             height=d.height,
             scale=d.scale,
             captured_at=d.captured_at,
-            pending=frozenset(row["phases"].split(",")),
+            pending=item.phases,
         )
         try:
             for phase in self.image_phases:
@@ -205,46 +183,40 @@ class Pipeline:
                     decoded.prepared[phase.name] = phase.prepare(decoded)
         except ImageError as exc:
             d.image.close()
-            return DecodeFailure(row, exc)
+            return DecodeFailure(item, exc)
         return decoded
 
-    def _process_chunk(self, info: BatchInfo, futures: list[Future[Any]]) -> None:
-        results = [fut.result() for fut in futures]
+    def _process_chunk(self, info: BatchInfo, results: list[DecodedImage | DecodeFailure]) -> None:
         decoded = [r for r in results if isinstance(r, DecodedImage)]
         for failure in results:
             if isinstance(failure, DecodeFailure):
                 self._record_decode_failure(info, failure)
-        for phase in self.image_phases:
-            todo = [d for d in decoded if phase.name in d.pending]
-            if not todo:
-                continue
-            self._start_phase(info, phase.name)
-            outcomes = phase.process(
-                info, todo, lambda n, p=phase.name: self.progress.advance(p, n)
-            )
-            if len(outcomes) != len(todo):
-                raise RuntimeError(
-                    f"{phase.name} returned {len(outcomes)} outcomes for {len(todo)}"
+        try:
+            for phase in self.image_phases:
+                todo = [d for d in decoded if phase.name in d.pending]
+                if not todo:
+                    continue
+                self._start(info, phase.name)
+                outcomes = phase.process(
+                    info, todo, lambda n, p=phase.name: self.progress.advance(p, n)
                 )
-            self.ledger.record_outcomes(info.batch_id, phase.name, outcomes)
-        for d in decoded:
-            d.image.close()
-            d.prepared.clear()
-
-    def _start_phase(self, info: BatchInfo, name: str) -> None:
-        if self.progress.phase != name or self.progress.counts[name].status == PhaseState.PENDING:
-            self.progress.phase_started(name)
-            self.ledger.set_batch_phase(info.batch_id, name, PhaseState.RUNNING)
-            self.poke()
+                if len(outcomes) != len(todo):
+                    raise RuntimeError(
+                        f"{phase.name} returned {len(outcomes)} outcomes for {len(todo)}"
+                    )
+                self.ledger.record_outcomes(info.batch_id, phase.name, outcomes)
+        finally:
+            for d in decoded:
+                d.image.close()
+                d.prepared.clear()
 
     def _record_decode_failure(self, info: BatchInfo, failure: DecodeFailure) -> None:
-        row, exc = failure.row, failure.error
-        enabled = {str(ph.name) for ph in self.image_phases}
-        phases = [p for p in row["phases"].split(",") if p in enabled]
+        item, exc = failure.image, failure.error
+        phases = [p.name for p in self.image_phases if p.name in item.phases]
         for i, phase in enumerate(phases):
-            self._start_phase(info, phase)
+            self._start(info, phase)
             outcome = ImageOutcome(
-                image_id=row["image_id"],
+                image_id=item.image_id,
                 state=ImageState.FAILED,
                 error_code=str(exc.code),
                 message=exc.message,
@@ -252,18 +224,14 @@ class Pipeline:
             # One error row per file, not one per phase.
             self.ledger.record_outcomes(info.batch_id, phase, [outcome], log_errors=i == 0)
             self.progress.advance(phase, 1)
-        log.warning("skipped %s: %s %s", row["rel_path"], exc.code, exc.message)
+        log.warning("skipped %s: %s %s", item.rel_path, exc.code, exc.message)
 
     def _run_batch_phase(self, info: BatchInfo, phase: BatchPhase) -> None:
         name = str(phase.name)
         count = self.progress.counts[name]
-        if count.status in (PhaseState.SKIPPED, PhaseState.COMPLETED):
+        if count.status in DONE_STATES:
             return
-        self.progress.phase_started(name, count.total)
-        self.ledger.set_batch_phase(
-            info.batch_id, name, PhaseState.RUNNING, step=0, total_steps=count.total
-        )
-        self.poke()
+        self._mark(info, name, PhaseState.RUNNING)
         t0 = time.monotonic()
 
         def report(n: int) -> None:
@@ -274,12 +242,4 @@ class Pipeline:
             self.progress.set_state(DaemonStatus.TRAINING, f"Clustering '{info.name}': {text}")
 
         phase.run(info, report, describe)
-        self.progress.phase_finished(name, PhaseState.COMPLETED)
-        self.ledger.set_batch_phase(
-            info.batch_id,
-            name,
-            PhaseState.COMPLETED,
-            step=count.step,
-            add_seconds=time.monotonic() - t0,
-        )
-        self.poke()
+        self._mark(info, name, PhaseState.COMPLETED, add_seconds=time.monotonic() - t0)

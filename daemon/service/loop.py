@@ -21,28 +21,22 @@ from pathlib import Path
 from types import FrameType
 
 from daemon.config import Config, load_config
-from daemon.errors import (
-    Cancelled,
-    DiskFull,
-    ImgtrainError,
-    Interrupted,
-    ModelMismatch,
-    ModelUnavailable,
-)
+from daemon.errors import DiskFull, ImgtrainError, Interrupted
 from daemon.ingest.claim import recover_claims
 from daemon.ingest.watch import Inbox
 from daemon.ledger import history
 from daemon.ledger.ledger import Ledger
 from daemon.models import ModelRegistry
 from daemon.phases.base import PhaseContext
-from daemon.phases.clustering import ClusteringPhase
-from daemon.phases.embedding import EmbeddingPhase
-from daemon.phases.faces import FacesPhase
-from daemon.phases.pipeline import Control, Pipeline
+from daemon.phases.control import Control
+from daemon.phases.pipeline import Pipeline
+from daemon.phases.registry import build_phases, declared_steps
 from daemon.service.logs import batch_context, setup_logging
+from daemon.service.outcome import outcome_of
+from daemon.service.runplan import plan_run
 from daemon.service.systemd import Notifier
 from daemon.status.model import ErrorInfo, Status
-from daemon.status.progress import PHASES, Progress, RunPlan
+from daemon.status.progress import Progress
 from daemon.status.writer import StatusWriter
 from daemon.store.chroma import Store
 from daemon.vocab import Batch, BatchState, DaemonStatus
@@ -99,13 +93,7 @@ class Service:
     def _build_pipeline(self) -> Pipeline:
         cfg = self.config
         ctx = PhaseContext(config=cfg, store=Store(cfg), ledger=self.ledger, models=self.models)
-        image_phases = [
-            phase
-            for name, phase in (("embedding", EmbeddingPhase), ("faces", FacesPhase))
-            if name in cfg.phases
-            for phase in [phase()]
-        ]
-        batch_phases = [ClusteringPhase()] if "clustering" in cfg.phases else []
+        image_phases, batch_phases = build_phases(cfg)
         control = Control(
             self.ledger, self.stop, self.progress, self.writer.poke, cfg.queue.control_poll_seconds
         )
@@ -145,27 +133,8 @@ class Service:
         self.writer.poke()
 
     def _refresh_run(self) -> None:
-        run_id = self.ledger.current_run()
-        if run_id is None:
-            self.progress.set_run(RunPlan())
-            return
-        batches = self.ledger.run_batches(run_id)
-        counts = self.ledger.step_counts([b.batch_id for b in batches])
         current = self.current.batch_id if self.current else None
-        clustering_steps = ClusteringPhase.STEPS if "clustering" in self.config.phases else 0
-        others = {p: [0, 0] for p in PHASES}
-        for b in batches:
-            if b.batch_id == current:
-                continue
-            for p in PHASES:
-                done, total = counts[b.batch_id][p]
-                if p == "clustering" and b.state in (BatchState.WAITING, BatchState.RUNNING):
-                    done, total = 0, clustering_steps
-                if b.state in (BatchState.FAILED, BatchState.CANCELLED):
-                    total = done  # work that will not happen is not in the run
-                others[p][0] += done
-                others[p][1] += total
-        self.progress.set_run(RunPlan([b.batch_id for b in batches], others))
+        self.progress.set_run(plan_run(self.ledger, current, declared_steps(self.config)))
 
     # -- signals -----------------------------------------------------------------
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
@@ -303,7 +272,7 @@ class Service:
         try:
             pipeline = self._build_pipeline()
             pipeline.setup()
-        except (ModelUnavailable, ModelMismatch, ImgtrainError) as exc:
+        except ImgtrainError as exc:
             self._next_model_try = time.monotonic() + self.config.models.retry_seconds
             if str(exc) != str(self._models_error):
                 log.error("%s", exc)
@@ -342,9 +311,9 @@ class Service:
                 "batch %d '%s' started (attempt %d)", batch.batch_id, batch.name, batch.attempts
             )
             t0 = time.monotonic()
-            state, code, message = BatchState.COMPLETED, None, None
             try:
                 self.pipeline.run(batch)
+                error: Exception | None = None
             except Interrupted:
                 # The batch stays `running`: the next start resumes it.
                 self.ledger.add_batch_seconds(batch.batch_id, time.monotonic() - t0)
@@ -354,32 +323,27 @@ class Service:
                 self.current = None
                 self.progress.end_batch()
                 raise
-            except Cancelled as exc:
-                state, code, message = BatchState.CANCELLED, str(exc.code), exc.message
-            except (ModelUnavailable, ModelMismatch) as exc:
-                # Not the batch's fault: it waits for the model and resumes.
-                log.error("%s", exc)
+            except Exception as exc:  # the one broad catch: the daemon outlives a bad batch
+                error = exc
+                if not isinstance(exc, ImgtrainError):
+                    log.exception("batch %d failed", batch.batch_id)
+            outcome = outcome_of(error)
+            if outcome.state is None:
+                log.error("%s", error)
                 self.ledger.add_batch_seconds(batch.batch_id, time.monotonic() - t0)
                 self.pipeline = None
                 self.current = None
                 self.progress.end_batch()
                 return
-            except ImgtrainError as exc:
-                state, code, message = BatchState.FAILED, str(exc.code), exc.message
-                log.error("batch %d failed: %s", batch.batch_id, exc)
-            except Exception as exc:  # the one broad catch: the daemon outlives a bad batch
-                log.exception("batch %d failed", batch.batch_id)
-                state, code, message = (
-                    BatchState.FAILED,
-                    "BATCH_FAILED",
-                    f"{type(exc).__name__}: {exc}",
-                )
+            if outcome.state == BatchState.FAILED and isinstance(error, ImgtrainError):
+                log.error("batch %d failed: %s", batch.batch_id, error)
+            state = outcome.state
             self.ledger.finish_batch(
                 batch.batch_id,
                 state,
                 seconds=time.monotonic() - t0,
-                error_code=code,
-                error_message=message,
+                error_code=outcome.code,
+                error_message=outcome.message,
             )
             for phase, (cost, steps) in self.progress.costs.settled().items():
                 self.ledger.save_phase_cost(phase, cost, steps)

@@ -12,11 +12,13 @@ Truthfulness rules kept here, in one place:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING
@@ -36,12 +38,11 @@ from daemon.status.model import (
     Totals,
     utcnow,
 )
-from daemon.vocab import DaemonStatus, PhaseState
+from daemon.vocab import IMAGE_PHASES, PHASES, DaemonStatus, PhaseState
 
 if TYPE_CHECKING:
     from daemon.ledger.history import BatchSummary, ErrorRow
 
-PHASES = ("embedding", "faces", "clustering")
 # Priors in seconds per step, used only until a phase has been measured once on
 # this machine; the ledger remembers measured costs across restarts.
 PRIOR_COST = {"embedding": 0.05, "faces": 0.1, "clustering": 0.5}
@@ -103,7 +104,16 @@ class RunPlan:
 class Progress:
     """Live state of the daemon; thread-safe; `snapshot()` builds the Status."""
 
-    def __init__(self, *, data_dir: str, costs: dict[str, float], max_errors: int = 50) -> None:
+    def __init__(
+        self,
+        *,
+        data_dir: str,
+        costs: dict[str, float],
+        max_errors: int = 50,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        # The clock times steps (costs, throughput); tests pass their own to stay exact.
+        self._clock = clock
         self._lock = threading.RLock()
         self._data_dir = data_dir
         self._max_errors = max_errors
@@ -119,7 +129,7 @@ class Progress:
         self.run = RunPlan()
         self._floor = 0.0
         self._floor_total = 0
-        self._last_report = time.monotonic()
+        self._last_report = self._clock()
         self._throughput: float | None = None
         self._tp_at: float | None = None
         self.queue = QueueCounts()
@@ -177,20 +187,7 @@ class Progress:
 
     def set_last_batch(self, s: BatchSummary) -> None:
         with self._lock:
-            self.last_batch = LastBatch(
-                batch_id=s.batch_id,
-                name=s.name,
-                state=s.state,
-                images=s.images,
-                processed=s.processed,
-                duplicates=s.duplicates,
-                failed_images=s.failed_images,
-                faces=s.faces,
-                seconds=s.seconds,
-                images_per_second=s.images_per_second,
-                finished_at=s.finished_at,
-                error=s.error,
-            )
+            self.last_batch = LastBatch(**dataclasses.asdict(s))
 
     # -- batches -------------------------------------------------------------
     def set_run(self, plan: RunPlan) -> None:
@@ -213,7 +210,7 @@ class Progress:
             )
             self._floor = 0.0
             self._floor_total = 0
-            self._last_report = time.monotonic()
+            self._last_report = self._clock()
 
     def phase_started(self, phase: str, total: int | None = None) -> None:
         with self._lock:
@@ -223,7 +220,7 @@ class Progress:
             if count.status == PhaseState.PENDING:
                 count.status = PhaseState.RUNNING
             self.phase = phase
-            self._last_report = time.monotonic()
+            self._last_report = self._clock()
 
     def phase_finished(self, phase: str, status: PhaseState) -> None:
         with self._lock:
@@ -234,7 +231,7 @@ class Progress:
 
     def advance(self, phase: str, n: int = 1) -> None:
         """`n` steps of `phase` are done; the wall time since the last report was theirs."""
-        now = time.monotonic()
+        now = self._clock()
         with self._lock:
             count = self.counts[phase]
             n = min(n, count.total - count.step)  # never report more than exists
@@ -252,7 +249,7 @@ class Progress:
             self.counts = {}
 
     def _last_image_phase(self) -> str | None:
-        active = [p for p in ("embedding", "faces") if self.counts[p].status != PhaseState.SKIPPED]
+        active = [p for p in IMAGE_PHASES if self.counts[p].status != PhaseState.SKIPPED]
         return active[-1] if active else None
 
     def _observe_throughput(self, now: float, n: int) -> None:

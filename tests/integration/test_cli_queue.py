@@ -17,8 +17,7 @@ from daemon.cli import main
 from daemon.errors import InvalidState
 from daemon.ledger import admin as queue_admin
 from daemon.ledger.ledger import Ledger
-from daemon.phases.base import ImageOutcome
-from daemon.vocab import BatchState, FileEntry, ImageState, SkippedFile
+from daemon.vocab import BatchState, FileEntry, ImageOutcome, ImageState, SkippedFile
 from tests.conftest import write_config
 
 PHASES = ["embedding", "faces", "clustering"]
@@ -53,23 +52,23 @@ def process(ledger: Ledger, bid: int, *, fail: int = 0, faces: int = 0) -> None:
     ledger.start_batch(bid)
     rows = ledger.pending_images(bid)
     ledger.record_outcomes(
-        bid, "embedding", [ImageOutcome(r["image_id"], ImageState.DONE) for r in rows]
+        bid, "embedding", [ImageOutcome(r.image_id, ImageState.DONE) for r in rows]
     )
     outcomes = []
     for i, r in enumerate(rows):
         if i < fail:
             outcomes.append(
-                ImageOutcome(r["image_id"], ImageState.FAILED, "UNREADABLE_IMAGE", "truncated")
+                ImageOutcome(r.image_id, ImageState.FAILED, "UNREADABLE_IMAGE", "truncated")
             )
         else:
-            outcomes.append(ImageOutcome(r["image_id"], ImageState.DONE))
+            outcomes.append(ImageOutcome(r.image_id, ImageState.DONE))
     ledger.record_outcomes(bid, "faces", outcomes)
     with ledger.transaction() as conn:
         for r in rows[fail : fail + faces]:
             conn.execute(
                 "INSERT INTO faces(face_id, sha256, image_id, batch_id, det_score, area,"
                 " created_at) VALUES (?,?,?,?,?,?,?)",
-                (f"{r['sha256']}:0", r["sha256"], r["image_id"], bid, 0.9, 900.0, time.time()),
+                (f"{r.sha256}:0", r.sha256, r.image_id, bid, 0.9, 900.0, time.time()),
             )
 
 
@@ -225,7 +224,7 @@ def test_retry_redoes_only_unfinished_images_within_the_limit(setup, capsys) -> 
     assert (batch.state, batch.error_code, batch.cancel_requested) == ("waiting", None, False)
     # The images done stay done; only the two failures are pending again, for faces only.
     pending = ledger.pending_images(bid)
-    assert [r["phases"] for r in pending] == ["faces", "faces"]
+    assert [set(r.phases) for r in pending] == [{"faces"}, {"faces"}]
     assert ledger.next_batch().batch_id == bid
     phases = ledger.batch_phases(bid)
     assert {p: phases[p]["state"] for p in PHASES} == dict.fromkeys(PHASES, "pending")
@@ -263,7 +262,7 @@ def test_a_cancelled_batch_is_retried_from_where_it_stopped(setup) -> None:
     rows = ledger.pending_images(bid)
     for phase in ("embedding", "faces"):
         ledger.record_outcomes(
-            bid, phase, [ImageOutcome(r["image_id"], ImageState.DONE) for r in rows[:2]]
+            bid, phase, [ImageOutcome(r.image_id, ImageState.DONE) for r in rows[:2]]
         )
     ledger.finish_batch(bid, BatchState.CANCELLED, error_code="CANCELLED", error_message="x")
     res = queue_admin.retry_batch(ledger, bid, 3)

@@ -80,10 +80,10 @@ class Library:
         info = BatchInfo(bid, name, home)
         images = []
         for row in self.ledger.pending_images(bid):
-            d = decode(home / row["rel_path"], self.config.decode)
+            d = decode(home / row.rel_path, self.config.decode)
             images.append(
                 DecodedImage(
-                    row["image_id"], row["sha256"], home / row["rel_path"], row["rel_path"],
+                    row.image_id, row.sha256, home / row.rel_path, row.rel_path,
                     d.image, d.width, d.height, d.scale,
                 )
             )  # fmt: skip

@@ -8,8 +8,7 @@ import pytest
 
 from daemon.errors import InvalidState
 from daemon.ledger.ledger import Ledger
-from daemon.phases.base import ImageOutcome
-from daemon.vocab import BatchState, FileEntry, ImageState, SkippedFile
+from daemon.vocab import BatchState, FileEntry, ImageOutcome, ImageState, SkippedFile
 
 PHASES = ["embedding", "faces", "clustering"]
 
@@ -48,16 +47,16 @@ def test_resume_counts_come_from_the_ledger(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path / "l.db")
     a = _batch(ledger, "a", ["1", "2", "3"])
     rows = ledger.pending_images(a)
-    ledger.record_outcomes(a, "embedding", [ImageOutcome(rows[0]["image_id"], ImageState.DONE)])
+    ledger.record_outcomes(a, "embedding", [ImageOutcome(rows[0].image_id, ImageState.DONE)])
     ledger.record_outcomes(
         a,
         "embedding",
-        [ImageOutcome(rows[1]["image_id"], ImageState.FAILED, "UNREADABLE_IMAGE", "truncated")],
+        [ImageOutcome(rows[1].image_id, ImageState.FAILED, "UNREADABLE_IMAGE", "truncated")],
     )
     again = Ledger(tmp_path / "l.db")  # a new process after a crash
     assert again.step_counts([a])[a]["embedding"] == [2, 3]
-    pending = {r["image_id"]: r["phases"] for r in again.pending_images(a)}
-    assert set(pending[rows[0]["image_id"]].split(",")) == {"faces"}
+    pending = {r.image_id: r.phases for r in again.pending_images(a)}
+    assert set(pending[rows[0].image_id]) == {"faces"}
     errors = again.query("SELECT code, file FROM errors WHERE image_id IS NOT NULL")
     assert [(e["code"], e["file"]) for e in errors] == [("UNREADABLE_IMAGE", "1.jpg")]
 

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from daemon.status.progress import PhaseCount, Progress, RunPlan
 from daemon.vocab import PhaseState
 
 
-def _progress(costs: dict[str, float] | None = None) -> Progress:
-    return Progress(data_dir="/", costs=costs or {})
+class FakeClock:
+    """The progress channel's clock, moved by hand: step times are exact, nothing sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def tick(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def _progress(costs: dict[str, float] | None = None, clock: FakeClock | None = None) -> Progress:
+    return Progress(data_dir="/", costs=costs or {}, clock=clock or FakeClock())
 
 
 def _begin(p: Progress, n_images: int, clustering: int = 5, batch_id: int = 1) -> None:
@@ -69,13 +80,13 @@ def test_costs_are_learned_from_reports() -> None:
 
 
 def test_percentage_never_goes_backwards_within_a_batch() -> None:
-    p = _progress({"embedding": 0.001, "faces": 0.001, "clustering": 0.001})
+    clock = FakeClock()
+    p = _progress({"embedding": 0.001, "faces": 0.001, "clustering": 0.001}, clock)
     _begin(p, 50)
     p.phase_started("embedding")
     seen = []
     for i in range(50):
-        if i == 25:
-            time.sleep(0.05)  # a slow step raises the learned cost of embedding
+        clock.tick(0.05 if i == 25 else 0.001)  # a slow step raises the learned cost
         p.advance("embedding", 1)
         seen.append(p.snapshot().overall_progress.percentage)
     assert seen == sorted(seen)
