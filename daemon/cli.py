@@ -14,7 +14,9 @@ from collections.abc import Sequence
 from daemon import __version__
 from daemon.errors import ConfigError, ImgtrainError
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CONFIG = 0, 1, 2, 78
+# 2 (bad usage) is argparse's own; 78 is EX_CONFIG from sysexits.h, which the unit
+# names in RestartPreventExitStatus.
+EXIT_OK, EXIT_ERROR, EXIT_CONFIG = 0, 1, 78
 
 # Each module in daemon/commands/ offers add_parser(subparsers) and run(args) -> int.
 COMMANDS = ("run", "status", "search", "people", "queue", "doctor")

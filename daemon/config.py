@@ -1,8 +1,9 @@
 """One pydantic model for all settings, loaded once from config.yaml.
 
 Environment variables override keys: IMGTRAIN_<SECTION>__<KEY>=value (for
-example IMGTRAIN_CLIP__BATCH_SIZE=16, IMGTRAIN_INBOX_DIR=/srv/inbox). Values
-are parsed as YAML scalars, so "true", "16" and "0.5" get their natural types.
+example IMGTRAIN_CLIP__BATCH_SIZE=16, IMGTRAIN_INBOX_DIR=/srv/inbox), parsed by
+pydantic-settings: "true", "16" and "0.5" get their field's type, a list is
+JSON (IMGTRAIN_PHASES='["embedding"]'), and "null" is None.
 Relative directories are resolved against the directory holding the config
 file, so a service and a shell see the same paths.
 """
@@ -16,11 +17,15 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import EnvSettingsSource
+from pydantic_settings.sources.utils import parse_env_vars
 
 from daemon.errors import ConfigError
 
 ENV_PREFIX = "IMGTRAIN_"
 CONFIG_ENV = "IMGTRAIN_CONFIG"
+# Variables with the prefix that are not config keys: the config file, and the tests' data.
+NOT_KEYS = frozenset({CONFIG_ENV, "IMGTRAIN_SHARED"})
 PHASE_NAMES = ("embedding", "faces", "clustering")
 
 
@@ -159,20 +164,42 @@ class Config(_Section):
         return self.status_dir / "training_status.schema.json"
 
 
-def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+class _Environment(EnvSettingsSource):
+    """pydantic-settings' environment parsing (prefix, `__` nesting, JSON for lists), over a
+    given mapping rather than always os.environ, so a config can be built for any environment."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(
+            Config,
+            case_sensitive=False,
+            env_prefix=ENV_PREFIX,
+            env_nested_delimiter="__",
+            env_parse_none_str="null",
+        )
+
+    def _load_env_vars(self) -> Mapping[str, str | None]:
+        return parse_env_vars(
+            self._environ, self.case_sensitive, self.env_ignore_empty, self.env_parse_none_str
+        )
+
+
+def _unknown_env_keys(environ: Mapping[str, str]) -> list[str]:
+    """IMGTRAIN_* variables that name no key: a typo must not be silently ignored."""
+    unknown = []
+    for name in environ:
+        if not name.upper().startswith(ENV_PREFIX) or name.upper() in NOT_KEYS:
             continue
-        keys = name[len(ENV_PREFIX) :].lower().split("__")
-        node = out
-        for key in keys[:-1]:
-            node = node.setdefault(key, {})
-        try:
-            node[keys[-1]] = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError:
-            node[keys[-1]] = raw
-    return out
+        model: type[BaseModel] | None = Config
+        for part in name[len(ENV_PREFIX) :].lower().split("__"):
+            fields = {} if model is None else model.model_fields
+            field = fields.get(part) or next((f for f in fields.values() if f.alias == part), None)
+            if field is None:
+                unknown.append(name)
+                break
+            ann = field.annotation
+            model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return unknown
 
 
 def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -222,7 +249,10 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         data = loaded or {}
     elif path is not None or environ.get(CONFIG_ENV):
         raise ConfigError(f"config file {cfg_path} does not exist", hint="Pass an existing file.")
-    data = _merge(data, _env_overrides(environ))
+    unknown = _unknown_env_keys(environ)
+    if unknown:
+        raise ConfigError(f"environment: {', '.join(sorted(unknown))}: unknown key")
+    data = _merge(data, _Environment(environ)())
     try:
         cfg = Config.model_validate(data)
     except ValidationError as exc:

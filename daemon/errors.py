@@ -47,13 +47,6 @@ class ImgtrainError(Exception):
     def __str__(self) -> str:
         return f"{self.code}: {self.message} ({self.hint})"
 
-    def as_dict(self) -> dict[str, str | None]:
-        return {
-            "code": str(self.code),
-            "message": self.message,
-            "hint": self.hint,
-            "file": self.path,
-        }
 
 
 class ConfigError(ImgtrainError):
@@ -86,11 +79,6 @@ class UnreadableImage(ImageError):
 class UnsupportedFormat(ImageError):
     code = Code.UNSUPPORTED_FORMAT
     default_hint = "Convert the file to JPEG, PNG, WebP, TIFF, BMP or GIF."
-
-
-class PermissionDenied(ImageError):
-    code = Code.PERMISSION_DENIED
-    default_hint = "Let the daemon's user read the file (chmod/chown), then `imgtrain queue retry`."
 
 
 class ImageTooLarge(ImageError):

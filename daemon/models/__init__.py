@@ -54,7 +54,3 @@ class ModelRegistry:
         clip = self._clip
         return clip if clip is not None and clip.loaded else None
 
-    @property
-    def loaded_faces(self) -> FaceAnalyzer | None:
-        faces = self._faces
-        return faces if faces is not None and faces.loaded else None

@@ -13,7 +13,7 @@ import os
 import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from daemon.errors import ModelUnavailable
 
@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 
 
 class InferenceModel(ABC):
-    """One model task. Subclasses implement `_load()` and `_predict()`."""
+    """One model task, loaded on first use. Subclasses implement `_load()` and their task's
+    methods (`embed_images`, `analyze`), which call `load()` first."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -42,15 +43,8 @@ class InferenceModel(ABC):
                 self._load()
                 self._loaded = True
 
-    def predict(self, *args: Any, **kwargs: Any) -> Any:
-        self.load()
-        return self._predict(*args, **kwargs)
-
     @abstractmethod
     def _load(self) -> None: ...
-
-    @abstractmethod
-    def _predict(self, *args: Any, **kwargs: Any) -> Any: ...
 
 
 def default_threads() -> int:

@@ -287,9 +287,6 @@ class ClipModel(InferenceModel):
             img = img.reduce(factor)
         return self._preprocess(img)
 
-    def _predict(self, images: list[Image.Image]) -> np.ndarray:
-        return self.embed_images(images)
-
     def embed_images(self, images: list[Image.Image]) -> np.ndarray:
         """(n, dim) float32, each row L2-normalised."""
         return self.embed_tensors([self.preprocess(img) for img in images])

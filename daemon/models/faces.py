@@ -225,9 +225,6 @@ class FaceAnalyzer(InferenceModel):
         return det, rec
 
     # -- inference ------------------------------------------------------------
-    def _predict(self, bgr: np.ndarray, scale: float = 1.0) -> list[Face]:
-        return self.analyze(bgr, scale)
-
     def analyze_images(self, images: Sequence[tuple[Image.Image, float]]) -> Iterator[list[Face]]:
         """analyze() for each (RGB image, scale), `parallel` at a time; results in order.
 

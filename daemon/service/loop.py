@@ -43,8 +43,6 @@ from daemon.vocab import Batch, BatchState, DaemonStatus
 
 log = logging.getLogger("imgtrain")
 
-EXIT_OK = 0
-EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h; the unit's RestartPreventExitStatus names it
 TOTALS_EVERY = 10.0  # seconds between refreshes of library-wide totals in the status file
 DISK_RETRY_SECONDS = 3.0  # how often a daemon stopped by a full disk tries again
 
@@ -208,7 +206,7 @@ class Service:
             pass
         finally:
             self._shutdown()
-        return EXIT_OK
+        return 0
 
     def _disk_full(self, exc: DiskFull) -> None:
         """Nothing is failed for a full disk: say so, wait, and carry on where it stopped."""

@@ -22,7 +22,8 @@ from daemon.cli import main
 from daemon.imaging.contactsheet import layout
 from daemon.status.model import Status
 from tests.conftest import base_config, make_jpeg
-from tests.e2e.conftest import Daemon, wait_for
+from tests.e2e.conftest import Daemon
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.e2e
 

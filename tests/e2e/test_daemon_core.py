@@ -13,7 +13,8 @@ from typing import Any
 import jq
 
 from tests.conftest import make_jpeg
-from tests.e2e.conftest import Daemon, StatusReader, wait_for
+from tests.e2e.conftest import Daemon
+from tests.helpers import StatusReader, wait_for
 
 USER_QUERY = (
     "{current_file, batch_step, batch_total_steps, batch_number, batch_queue_size, "

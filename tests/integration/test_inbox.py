@@ -27,18 +27,9 @@ from daemon.ingest.watch import Inbox
 from daemon.ledger.ledger import Ledger
 from daemon.vocab import Batch, BatchState
 from tests.conftest import make_jpeg
+from tests.helpers import wait_for
 
 DEADLINE = 20.0
-
-
-def wait_for(cond: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 @dataclass
@@ -80,7 +71,7 @@ class Harness:
             queued = [b for b in self.batches() if b.state == BatchState.WAITING]
             return queued if len(queued) >= n else None
 
-        return wait_for(done, what)
+        return wait_for(done, DEADLINE, what)
 
     def wait_queued(self, ids: list[int], what: str) -> None:
         """The daemon is told of a batch just after the ledger commits it: wait for that."""
@@ -89,7 +80,7 @@ class Harness:
             with self.lock:
                 return sorted(self.queued) == sorted(ids) or None
 
-        wait_for(done, what)
+        wait_for(done, DEADLINE, what)
 
     def images(self, batch_id: int) -> list[str]:
         rows = self.ledger.query(
@@ -255,6 +246,7 @@ def test_link_into_the_daemons_own_folders_is_refused(
     (harness.dir / "library").symlink_to(harness.config.batches_dir)
     wait_for(
         lambda: harness.notices_for("loop") and harness.notices_for("library"),
+        DEADLINE,
         "both links to be reported",
     )
     # Claims change what the links point at; rescans go by. No second report.
@@ -298,6 +290,7 @@ def test_empty_and_junk_only_folders_are_reported_once_not_claimed(
     (junk / "readme.txt").write_text("x")
     wait_for(
         lambda: harness.notices_for("empty") and harness.notices_for("junk"),
+        DEADLINE,
         "both folders to be reported",
     )
     # Several rescans and a claim go by; the reports are not repeated.

@@ -1,6 +1,6 @@
 """Shared tools of the reliability suite, built on the e2e harness.
 
-`Daemon`, `StatusReader` and `wait_for` come from `tests/e2e/conftest.py`;
+`Daemon` comes from `tests/e2e/conftest.py`, `wait_for` from `tests/helpers.py`;
 this adds what only these tests need: reading the ledger from outside while
 the daemon writes it, fingerprints of every original file, a daemon whose
 file permissions bite even when the tests run as root, and small tmpfs
@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 
 from tests.conftest import REPO, base_config
-from tests.e2e.conftest import Daemon, wait_for
+from tests.e2e.conftest import Daemon
 
-__all__ = ["REPO", "Daemon", "LedgerProbe", "RootlessDaemon", "file_states", "wait_for"]
+__all__ = ["REPO", "Daemon", "LedgerProbe", "RootlessDaemon", "file_states"]
 
 PR_CAPBSET_DROP = 24
 CAP_DAC_OVERRIDE = 1

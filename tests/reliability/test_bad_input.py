@@ -32,7 +32,8 @@ from PIL import Image
 
 from daemon.ingest import scan
 from tests.conftest import base_config, make_jpeg
-from tests.reliability.conftest import LedgerProbe, RootlessDaemon, file_states, wait_for
+from tests.helpers import wait_for
+from tests.reliability.conftest import LedgerProbe, RootlessDaemon, file_states
 
 PROCESSED = "processed"
 LEFT_OUT = "left out"  # not a photo, or junk: no error, not in the ledger, kept in the batch

@@ -29,8 +29,9 @@ from pathlib import Path
 import chromadb
 
 from tests.conftest import make_jpeg
-from tests.e2e.conftest import Daemon, StatusReader
-from tests.reliability.conftest import LedgerProbe, wait_for
+from tests.e2e.conftest import Daemon
+from tests.helpers import StatusReader, wait_for
+from tests.reliability.conftest import LedgerProbe
 
 SEED = 20240611
 SMALL = ("alpha", "beta", "gamma", "delta")  # 12 small synthetic photos each, no faces

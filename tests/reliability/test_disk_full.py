@@ -19,8 +19,9 @@ from typing import Any
 import chromadb
 
 from tests.conftest import make_jpeg
-from tests.e2e.conftest import Daemon, StatusReader
-from tests.reliability.conftest import LedgerProbe, file_states, fill_disk, ready, wait_for
+from tests.e2e.conftest import Daemon
+from tests.helpers import StatusReader, wait_for
+from tests.reliability.conftest import LedgerProbe, file_states, fill_disk, ready
 
 
 def _disk_full_reported(s: dict[str, Any]) -> bool:

@@ -19,7 +19,8 @@ from pathlib import Path
 from daemon.ingest import scan
 from tests.conftest import REPO, make_jpeg
 from tests.e2e.conftest import Daemon
-from tests.reliability.conftest import LedgerProbe, file_states, wait_for
+from tests.helpers import wait_for
+from tests.reliability.conftest import LedgerProbe, file_states
 
 SENTINELS = [f"ESCAPED_{i}" for i in range(1, 5)]  # created only if a name ran as a command
 HOSTILE = [

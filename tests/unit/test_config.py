@@ -81,3 +81,24 @@ def test_clustering_needs_faces(tmp_path: Path) -> None:
     cfg.write_text("phases: [embedding, clustering]\n")
     with pytest.raises(ConfigError, match="clustering needs faces"):
         load_config(cfg, environ={})
+
+
+def test_environment_lists_are_json_and_null_is_none() -> None:
+    env = {"IMGTRAIN_PHASES": '["embedding"]', "IMGTRAIN_CLIP__CACHE_DIR": "null"}
+    c = load_config(None, environ=env)
+    assert c.phases == ["embedding"]
+    assert c.clip.cache_dir is None
+
+
+def test_unknown_environment_key_is_named() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(None, environ={"IMGTRAIN_CLIP__BATCH": "16"})
+    assert "IMGTRAIN_CLIP__BATCH" in err.value.message
+    assert "unknown key" in err.value.message
+
+
+def test_bad_environment_value_names_key_and_value() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config(None, environ={"IMGTRAIN_CLIP__BATCH_SIZE": "lots"})
+    assert "clip.batch_size" in err.value.message
+    assert "'lots'" in err.value.message
