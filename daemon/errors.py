@@ -48,7 +48,6 @@ class ImgtrainError(Exception):
         return f"{self.code}: {self.message} ({self.hint})"
 
 
-
 class ConfigError(ImgtrainError):
     code = Code.CONFIG_INVALID
     default_hint = "Fix the named key in config.yaml (every key is documented in README.md)."

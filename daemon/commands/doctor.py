@@ -103,7 +103,7 @@ class Doctor:
     # -- status file -------------------------------------------------------------------
     def _status(self, config: Config) -> tuple[Any, list[Check]]:
         """The live status (None if the daemon is not running) and the checks to report."""
-        from daemon.commands.status import liveness, read_status
+        from daemon.status.reader import liveness, read_status
 
         try:
             status, _ = read_status(config)

@@ -184,7 +184,7 @@ OFFLINE = "; the daemon is not running: it acts on this when it starts"
 
 
 def _daemon_running(config: Config) -> bool:
-    from daemon.commands.status import liveness, read_status
+    from daemon.status.reader import liveness, read_status
 
     try:
         status, _ = read_status(config)

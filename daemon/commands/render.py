@@ -1,5 +1,7 @@
 """Shared pieces of the read commands: config and ledger opening, JSON output, formatting.
 
+(`duration`, `iso`, `local_time` and `size` are `daemon.humanize`'s, offered here too.)
+
 Human output goes through one rich Console. When stdout is not a terminal
 (a pipe, a file, a test) rich would wrap at 80 columns and cut long photo
 paths in half, so the console is widened there: lines stay greppable.
@@ -12,7 +14,7 @@ import json
 import logging
 import os
 from dataclasses import asdict, is_dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -22,9 +24,11 @@ from rich.text import Text
 
 from daemon.config import Config, load_config
 from daemon.errors import NotFound
+from daemon.humanize import duration, iso, local_time, size
 from daemon.ledger.ledger import Ledger
 
 PIPE_WIDTH = 200
+__all__ = ["duration", "iso", "local_time", "size"]  # and everything defined below
 
 STATE_STYLE = {
     "waiting": "cyan",
@@ -103,46 +107,6 @@ def plain(value: Any) -> Any:
 
 def print_json(data: Any) -> None:
     print(json.dumps(plain(data), indent=2, ensure_ascii=False))
-
-
-def iso(ts: float | None) -> str | None:
-    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat()
-
-
-def local_time(value: float | datetime | None, *, date: bool = True) -> str:
-    if value is None:
-        return "-"
-    dt = value if isinstance(value, datetime) else datetime.fromtimestamp(value, UTC)
-    return dt.astimezone().strftime("%Y-%m-%d %H:%M:%S" if date else "%H:%M:%S")
-
-
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = max(seconds, 0.0)
-    if seconds < 1:
-        return f"{seconds * 1000:.0f} ms"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, sec = divmod(round(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m {sec:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 48:
-        return f"{hours}h {minutes:02d}m"
-    days, hours = divmod(hours, 24)
-    return f"{days}d {hours}h"
-
-
-def size(n: int | None) -> str:
-    if n is None:
-        return "-"
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
 
 
 def bar(done: float, total: float, width: int = 30) -> Text:

@@ -11,13 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import sys
 import time
-from dataclasses import dataclass
-from datetime import UTC, datetime
 
-from pydantic import ValidationError
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
@@ -25,7 +21,8 @@ from rich.text import Text
 from daemon.commands import render
 from daemon.config import Config
 from daemon.errors import InvalidState, NotFound
-from daemon.status.model import Status
+from daemon.status.model import Status, honest_percentage
+from daemon.status.reader import Liveness, liveness, read_status
 from daemon.vocab import DaemonStatus
 
 
@@ -49,67 +46,6 @@ def _seconds(text: str) -> float:
     return value
 
 
-# -- reading and judging the file ------------------------------------------------
-def read_status(config: Config) -> tuple[Status, str]:
-    """The parsed status file and its exact text."""
-    path = config.status_path
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise NotFound(
-            f"there is no status file at {path}",
-            hint="The daemon has not run with this config: start it (`imgtrain run` or"
-            " `systemctl start imgtrain`), or pass its config with --config.",
-        ) from None
-    try:
-        return Status.model_validate_json(text), text
-    except ValidationError as exc:
-        raise InvalidState(
-            f"{path} is not a valid status file: {exc.errors()[0]['msg']}",
-            hint="Check that this imgtrain is the version the daemon runs (`imgtrain --version`).",
-        ) from exc
-
-
-@dataclass(frozen=True)
-class Liveness:
-    running: bool
-    reason: str  # why we think so, for a person
-    age_seconds: float  # since the file was last written
-
-
-def liveness(status: Status, config: Config, now: datetime | None = None) -> Liveness:
-    import psutil
-
-    now = now or datetime.now(UTC)
-    age = max((now - status.updated_at).total_seconds(), 0.0)
-    info = status.daemon
-    if status.status == DaemonStatus.STOPPED:
-        at = render.local_time(status.updated_at)
-        return Liveness(False, f"it stopped at {at} ({status.message})", age)
-    if info.hostname == socket.gethostname():
-        gone = not psutil.pid_exists(info.pid)
-        if not gone:
-            try:
-                # A pid reused by a newer process is not our daemon.
-                created = psutil.Process(info.pid).create_time()
-                gone = created > info.started_at.timestamp() + 5
-            except psutil.NoSuchProcess:
-                gone = True
-            except psutil.AccessDenied:
-                pass
-        if gone:
-            return Liveness(False, f"its process (pid {info.pid}) is gone", age)
-    limit = config.status.stale_after_seconds
-    if age > limit:
-        return Liveness(
-            False,
-            f"the status file was last written {render.duration(age)} ago"
-            f" (status.stale_after_seconds is {limit:g})",
-            age,
-        )
-    return Liveness(True, f"pid {info.pid} on {info.hostname}", age)
-
-
 # -- rendering -------------------------------------------------------------------
 def _bars(s: Status) -> Table:
     grid = Table.grid(padding=(0, 1))
@@ -119,9 +55,9 @@ def _bars(s: Status) -> Table:
     grid.add_column(no_wrap=True, justify="right")
     grid.add_column(no_wrap=True)
     if s.batch_step is not None and s.batch_total_steps is not None:
-        pct = 100.0 * s.batch_step / s.batch_total_steps if s.batch_total_steps else 0.0
-        if s.batch_step < s.batch_total_steps:
-            pct = min(pct, 99.9)
+        pct = honest_percentage(
+            s.batch_step, s.batch_total_steps, s.batch_step < s.batch_total_steps
+        )
         grid.add_row(
             "batch",
             render.bar(s.batch_step, s.batch_total_steps),

@@ -53,4 +53,3 @@ class ModelRegistry:
         """The CLIP model if it has been loaded, else None (never triggers a load)."""
         clip = self._clip
         return clip if clip is not None and clip.loaded else None
-

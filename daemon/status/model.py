@@ -130,6 +130,13 @@ class Status(_Model):
     system: SystemInfo = Field(default_factory=SystemInfo)
 
 
+def honest_percentage(done: float, total: float, steps_left: bool) -> float:
+    """done/total as a percentage that never reads 100 while steps are left: rounding up a
+    99.96% to 100 is how a status file comes to say "done" with work outstanding."""
+    pct = 100.0 * done / total if total else 0.0
+    return min(pct, 99.9) if steps_left else pct
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

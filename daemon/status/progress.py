@@ -36,6 +36,7 @@ from daemon.status.model import (
     Status,
     SystemInfo,
     Totals,
+    honest_percentage,
     utcnow,
 )
 from daemon.vocab import IMAGE_PHASES, PHASES, DaemonStatus, PhaseState
@@ -85,9 +86,7 @@ class PhaseCount:
         ):
             pct = 100.0 if self.status == PhaseState.COMPLETED else 0.0
         else:
-            pct = 100.0 * self.step / total if total else 0.0
-            if self.step < total:
-                pct = min(pct, 99.9)  # rounding must never show a phase with work left as done
+            pct = honest_percentage(self.step, total, self.step < total)
         return PhaseProgress(
             status=self.status, step=self.step, total_steps=total, percentage=round(pct, 1)
         )
@@ -282,9 +281,7 @@ class Progress:
         if total_steps != self._floor_total:  # folders joined: the percentage may drop
             self._floor_total = total_steps
             self._floor = 0.0
-        pct = 100.0 * done_work / total_work if total_work else 0.0
-        if done_steps < total_steps:
-            pct = min(pct, 99.9)
+        pct = honest_percentage(done_work, total_work, done_steps < total_steps)
         pct = max(pct, self._floor)
         self._floor = pct
         remaining = max(total_work - done_work, 0.0)
