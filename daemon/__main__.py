@@ -1,3 +1,5 @@
+"""`python -m daemon`: the same as the `imgtrain` command."""
+
 from __future__ import annotations
 
 import sys
