@@ -23,6 +23,7 @@ from rich.text import Text
 from daemon.config import Config, load_config
 from daemon.errors import NotFound
 from daemon.ledger.ledger import Ledger
+from daemon.redact import redact
 
 PIPE_WIDTH = 200
 
@@ -102,7 +103,7 @@ def plain(value: Any) -> Any:
 
 
 def print_json(data: Any) -> None:
-    print(json.dumps(plain(data), indent=2, ensure_ascii=False))
+    print(redact(json.dumps(plain(data), indent=2, ensure_ascii=False)))
 
 
 def iso(ts: float | None) -> str | None:

@@ -2,9 +2,13 @@
 
 Everything here reads the filesystem and nothing writes it. Walks never
 follow a symbolic link below the top: a link inside a batch could point
-anywhere (or at itself), so it is reported as SYMLINK_SKIPPED instead. The
-top entry may itself be a link to a folder; the user dropped that link on
-purpose, so it is followed.
+anywhere (or at itself), so it is reported instead: LINK_OUTSIDE_ROOTS when
+it leads out of the batch's folder and out of every `inbox.link_roots`
+folder, SYMLINK_SKIPPED otherwise. The top entry may itself be a link to a
+folder; whether it may be followed is decided before (daemon/ingest/fence.py).
+
+A survey of a dropped folder can be bounded (`Limits`): it stops at the
+first entry over a limit, so a drop of `/` costs a bounded walk, not hours.
 
 Images are recognised by content as well as by name: a JPEG called `IMG_1`
 is found, and a text file called `photo.jpg` is still listed so the phases
@@ -21,7 +25,7 @@ import os
 import re
 import stat
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -107,9 +111,20 @@ def safe_name(name: str) -> str:
     return text or "batch"
 
 
+def is_within(path: str, folders: Iterable[str]) -> bool:
+    """Whether `path` is one of `folders` or below one (all absolute, links resolved)."""
+    for folder in folders:
+        try:
+            if os.path.commonpath([path, folder]) == folder:
+                return True
+        except ValueError:  # one relative, one absolute: not comparable, not inside
+            continue
+    return False
+
+
 # -- walking ----------------------------------------------------------------------
 
-Kind = Literal["file", "link", "partial", "ignored", "error"]
+Kind = Literal["file", "link", "partial", "ignored", "error", "dir", "deep"]
 
 
 @dataclass(frozen=True)
@@ -121,14 +136,19 @@ class Item:
 
 
 def walk(
-    root: Path, extra: list[str] | tuple[str, ...] = (), follow_top_links: bool = False
+    root: Path,
+    extra: list[str] | tuple[str, ...] = (),
+    follow_top_links: bool = False,
+    max_depth: int | None = None,
 ) -> Iterator[Item]:
     """Every entry below `root`, depth first, without following inner links.
 
     Ignored folders are not entered. A folder that cannot be listed is one
-    item of kind "error" (the root too, as rel ""). `follow_top_links` makes
-    links directly inside root count as the files they point to (a loose batch
-    holds the links the user dropped). Raises FileNotFoundError if root is gone.
+    item of kind "error" (the root too, as rel ""). Each folder entered is an
+    item of kind "dir"; one more than `max_depth` levels down is an item of
+    kind "deep" and is not entered. `follow_top_links` makes links directly
+    inside root count as the files they point to (a loose batch holds the
+    links the user dropped). Raises FileNotFoundError if root is gone.
     """
     stack: list[tuple[str, str]] = [(os.fspath(root), "")]
     while stack:
@@ -143,6 +163,7 @@ def walk(
         except OSError as exc:
             yield Item(prefix.rstrip("/"), folder, "error", exc)
             continue
+        depth = prefix.count("/") + 1  # of the folders found in this one
         for entry in entries:
             rel = prefix + entry.name
             try:
@@ -155,7 +176,11 @@ def walk(
                     else:
                         yield Item(rel, entry.path, "link")
                 elif entry.is_dir(follow_symlinks=False):
-                    stack.append((entry.path, rel + "/"))
+                    if max_depth is not None and depth > max_depth:
+                        yield Item(rel, entry.path, "deep")
+                    else:
+                        yield Item(rel, entry.path, "dir")
+                        stack.append((entry.path, rel + "/"))
                 elif entry.is_file(follow_symlinks=False):
                     yield Item(rel, entry.path, "file")
                 else:  # fifo, socket, device: opening one could block forever
@@ -165,33 +190,65 @@ def walk(
 
 
 @dataclass(frozen=True)
+class Limits:
+    """What one dropped folder may cost (inbox.max_files_per_batch, max_depth, max_batch_bytes)."""
+
+    files: int  # entries: files and folders
+    depth: int  # folder levels below the dropped folder
+    bytes: int  # total size of its files
+
+
+@dataclass(frozen=True)
+class Over:
+    """The limit a dropped folder went over, as the person who can raise it needs it."""
+
+    key: str  # the config key, e.g. "inbox.max_depth"
+    limit: int
+    what: str  # "more than 1,000 files and folders"
+
+
+@dataclass(frozen=True)
 class Survey:
     files: dict[str, tuple[int, int]]  # rel path -> (size, mtime_ns), photos-to-be only
     junk: dict[str, tuple[int, int]]  # the same for ignored entries (hidden rsync temps too)
     partial: bool  # an in-progress download or copy is inside
+    over: Over | None = None  # the first limit exceeded; the survey stopped there
+    seen: int = 0  # entries walked
 
     def fingerprint(self) -> dict[str, tuple[int, int]]:
         """Everything that changes while a copy is going on, ignored files included."""
         return {**self.files, **{"\0" + rel: st for rel, st in self.junk.items()}}
 
 
-def survey(entry: Path, extra: list[str] | tuple[str, ...] = ()) -> Survey:
+def survey(
+    entry: Path, extra: list[str] | tuple[str, ...] = (), limits: Limits | None = None
+) -> Survey:
     """Stat-only look at a top-level inbox entry (a folder, a link to one, or a file).
 
     Unlistable folders appear as "<rel>/" -> (-1, -1) so that they count as
-    content (and are reported when claimed) instead of looking empty.
+    content (and are reported when claimed) instead of looking empty. With
+    `limits`, the walk stops at the first entry over one and says which.
     Raises FileNotFoundError if the entry is gone.
     """
     st = os.stat(entry)
     if not stat.S_ISDIR(st.st_mode):
         key = (st.st_size, st.st_mtime_ns)
         if is_ignored(entry.name, extra):
-            return Survey({}, {entry.name: key}, is_partial(entry.name))
-        return Survey({entry.name: key}, {}, False)
+            return Survey({}, {entry.name: key}, is_partial(entry.name), seen=1)
+        return Survey({entry.name: key}, {}, False, seen=1)
     files: dict[str, tuple[int, int]] = {}
     junk: dict[str, tuple[int, int]] = {}
     partial = False
-    for item in walk(entry, extra):
+    seen = size = 0
+    over: Over | None = None
+    for item in walk(entry, extra, max_depth=limits.depth if limits else None):
+        seen += 1
+        if limits is not None:
+            over = _over(limits, item, seen, size)
+            if over is not None:
+                break  # the walk (a generator) stops here: nothing more is listed
+        if item.kind == "dir":
+            continue
         if item.kind == "error":
             files[item.rel + "/"] = (-1, -1)
             continue
@@ -201,10 +258,35 @@ def survey(entry: Path, extra: list[str] | tuple[str, ...] = ()) -> Survey:
             continue
         if item.kind in ("file", "link"):
             files[item.rel] = (s.st_size, s.st_mtime_ns)
+            size += s.st_size
         else:
             junk[item.rel] = (s.st_size, s.st_mtime_ns)
             partial = partial or item.kind == "partial"
-    return Survey(files, junk, partial)
+    if over is None and limits is not None and size > limits.bytes:
+        over = _bytes_over(limits)
+    return Survey(files, junk, partial, over, seen)
+
+
+def _over(limits: Limits, item: Item, seen: int, size: int) -> Over | None:
+    if seen > limits.files:
+        return Over(
+            "inbox.max_files_per_batch",
+            limits.files,
+            f"more than {limits.files:,} files and folders",
+        )
+    if item.kind == "deep":
+        return Over(
+            "inbox.max_depth",
+            limits.depth,
+            f"folders more than {limits.depth} levels deep ({printable(item.rel)})",
+        )
+    if size > limits.bytes:
+        return _bytes_over(limits)
+    return None
+
+
+def _bytes_over(limits: Limits) -> Over:
+    return Over("inbox.max_batch_bytes", limits.bytes, f"more than {limits.bytes:,} bytes")
 
 
 def survey_loose(inbox: Path, extra: list[str] | tuple[str, ...] = ()) -> Survey:
@@ -273,11 +355,10 @@ class Listing:
     ignored: int  # junk and non-image files left out silently
 
 
-def _hash(path: str, follow: bool) -> tuple[str, int]:
+def _hash(path: str) -> tuple[str, int]:
     """SHA-256 and size of a regular file, streamed; refuses anything else."""
-    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
-    if not follow:
-        flags |= os.O_NOFOLLOW  # the name may have been swapped for a link since the walk
+    # O_NOFOLLOW: the name may have been swapped for a link since the walk.
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
     fd = os.open(path, flags)
     with open(fd, "rb", buffering=0) as f:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -301,24 +382,43 @@ def _utf8(rel: str) -> bool:
 
 
 def scan_batch(
-    root: Path, extra: list[str] | tuple[str, ...] = (), follow_top_links: bool = False
+    root: Path,
+    extra: list[str] | tuple[str, ...] = (),
+    follow_top_links: bool = False,
+    link_roots: Sequence[str] = (),
 ) -> Listing:
-    """Hash every image candidate below a claimed batch folder (sorted by rel path)."""
+    """Hash every image candidate below a claimed batch folder (sorted by rel path).
+
+    A link may lead into the batch's own folder or into one of `link_roots`
+    (absolute, links resolved); one that leads anywhere else is reported as
+    LINK_OUTSIDE_ROOTS and nothing behind it is read. Inner links are never
+    followed; with `follow_top_links` (a loose batch) a top-level link to a
+    file inside those folders is read where it leads.
+    """
+    allowed = (os.path.realpath(root), *link_roots)
     files: list[FileEntry] = []
     skipped: list[SkippedFile] = []
     ignored = 0
     for item in walk(root, extra, follow_top_links):
         rel = printable(item.rel)
+        if item.kind == "dir":
+            continue
         if item.kind in ("ignored", "partial"):
             ignored += 1
         elif item.kind == "link":
-            skipped.append(
-                SkippedFile(rel, Code.SYMLINK_SKIPPED, "links inside a batch are not followed")
-            )
+            skipped.append(_link_skip(item.path, rel, allowed))
         elif item.kind == "error":
             skipped.append(_read_error(rel or ".", item.error, "folder"))
         else:
-            entry = _list_file(item, rel, follow_top_links)
+            if follow_top_links and "/" not in item.rel and os.path.islink(item.path):
+                # Read the file where the link leads now, once that place is allowed;
+                # opening the resolved path (O_NOFOLLOW) means no later swap redirects it.
+                real = os.path.realpath(item.path)
+                if not is_within(real, allowed):
+                    skipped.append(_outside(rel, real))
+                    continue
+                item = Item(item.rel, real, "file")
+            entry = _list_file(item, rel)
             if entry is None:
                 ignored += 1
             elif isinstance(entry, SkippedFile):
@@ -331,13 +431,32 @@ def scan_batch(
 
 
 def list_batch_files(
-    root: Path, extra: list[str] | tuple[str, ...] = (), follow_top_links: bool = False
+    root: Path,
+    extra: list[str] | tuple[str, ...] = (),
+    follow_top_links: bool = False,
+    link_roots: Sequence[str] = (),
 ) -> tuple[list[FileEntry], list[SkippedFile]]:
-    listing = scan_batch(root, extra, follow_top_links)
+    listing = scan_batch(root, extra, follow_top_links, link_roots)
     return listing.files, listing.skipped
 
 
-def _list_file(item: Item, rel: str, follow_top_links: bool) -> FileEntry | SkippedFile | None:
+def _link_skip(path: str, rel: str, allowed: Sequence[str]) -> SkippedFile:
+    target = os.path.realpath(path)  # not strict: loops and dangling links resolve to a name
+    if is_within(target, allowed):
+        return SkippedFile(rel, Code.SYMLINK_SKIPPED, "links inside a batch are not followed")
+    return _outside(rel, target)
+
+
+def _outside(rel: str, target: str) -> SkippedFile:
+    return SkippedFile(
+        rel,
+        Code.LINK_OUTSIDE_ROOTS,
+        f"a link to {printable(target)}, outside this folder and every inbox.link_roots"
+        " folder: not followed",
+    )
+
+
+def _list_file(item: Item, rel: str) -> FileEntry | SkippedFile | None:
     named_image = Path(item.path).suffix.casefold() in IMAGE_EXTENSIONS
     fmt = sniff_format(Path(item.path))
     if fmt is None and not named_image:
@@ -349,7 +468,7 @@ def _list_file(item: Item, rel: str, follow_top_links: bool) -> FileEntry | Skip
             rel, Code.UNREADABLE_IMAGE, "the file name is not valid UTF-8; rename the file"
         )
     try:
-        sha, size = _hash(item.path, follow=follow_top_links and "/" not in item.rel)
+        sha, size = _hash(item.path)
     except FileNotFoundError:
         return None
     except OSError as exc:

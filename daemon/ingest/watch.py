@@ -12,12 +12,14 @@ events and for network mounts), and only once they have been quiet for
 almost `settle_seconds`. An entry is claimed when it has had no event for
 `settle_seconds` and two scans in a row agree on every file's size and mtime.
 
-Claiming itself, crash-safe, lives in `daemon/claim.py`.
+A dropped link is looked at only if it leads into `inbox.link_roots`, and a
+folder only while it is within the `inbox.max_*` limits (fence.py); what
+is refused stays in the inbox, reported once, and is looked at again after
+a reload. Claiming itself, crash-safe, lives in `claim.py`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import sqlite3
@@ -45,8 +47,8 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from daemon.config import Config
-from daemon.errors import Code, ConfigError, DiskFull
-from daemon.ingest import scan
+from daemon.errors import Code, ConfigError, DiskFull, LinkOutsideRoots
+from daemon.ingest import fence, scan
 from daemon.ingest.claim import ClaimRefused, claim_entry, claim_loose, recover_claims
 from daemon.ingest.settle import Fingerprint, StabilityTracker
 from daemon.ledger.ledger import Ledger
@@ -140,8 +142,11 @@ class Inbox:
         # Entries looked at and left alone (no photos yet, a download still in
         # progress, a refused claim): not scanned again until they change.
         self._parked: dict[str, Fingerprint] = {}
-        self._notified: dict[str, tuple[str, Fingerprint]] = {}
-        self._refused_links: dict[str, str] = {}  # name -> target it had when refused
+        self._notified: dict[str, tuple[str, object]] = {}  # key -> (code, what it was about)
+        self._refused_links: dict[str, str] = {}  # name -> where it led when refused
+        # Folders refused for a limit -> when a change in them is worth a (bounded) look.
+        self._limited: dict[str, float] = {}
+        self._new_config: Config | None = None  # from a reload, taken on the next tick
         self._stop = threading.Event()
         self._observer: BaseObserver | None = None
         self._thread: threading.Thread | None = None
@@ -171,6 +176,11 @@ class Inbox:
                 # in the ledger as 'claiming' and recover_claims finishes it.
                 log.warning("inbox scanner still busy claiming; it finishes on the next start")
             self._thread = None
+
+    def reconfigure(self, config: Config) -> None:
+        """New link roots and limits (a reload): entries they refused are looked at again."""
+        with self._lock:
+            self._new_config = config
 
     def _start_observer(self) -> BaseObserver:
         handler = _Events(self.root, self._note)
@@ -209,6 +219,10 @@ class Inbox:
     def _tick(self, now: float) -> None:
         with self._lock:
             touched, self._touched = self._touched, {}
+            config, self._new_config = self._new_config, None
+        if config is not None:
+            self._reconfigured(config)
+            self._next_rescan = now
         if now >= self._next_rescan:
             if self._recover_pending:
                 self._recover()
@@ -223,6 +237,16 @@ class Inbox:
             # scan lands right when the quiet period ends.
             if self.tracker.due(key, now + lead):
                 self._step(key, now)
+
+    def _reconfigured(self, config: Config) -> None:
+        self.config = config
+        refusals = (Code.LINK_OUTSIDE_ROOTS, Code.LIMIT_EXCEEDED)
+        for key in [k for k, (code, _) in self._notified.items() if code in refusals]:
+            self._drop(key)
+        for key in list(self._limited):
+            self._drop(key)
+        self._parked.pop(LOOSE, None)  # loose links refused before may be allowed now
+        log.info("inbox: link roots and limits reloaded")
 
     def _recover(self) -> None:
         """Finish claims a full disk interrupted, once there is room again."""
@@ -240,19 +264,28 @@ class Inbox:
         path = self.root / name
         st = os.lstat(path)
         if stat.S_ISLNK(st.st_mode):
+            real = os.path.realpath(path)
+            if self._refused_links.get(name) == real:
+                return None  # reported once; the same link is not news
             try:
-                if self._refused_links.get(name) == os.readlink(path):
-                    return None  # reported once; the same link is not news
                 st = os.stat(path)
             except OSError as exc:  # broken link or link loop: nothing to claim, say so once
-                with contextlib.suppress(OSError):
-                    self._refused_links[name] = os.readlink(path)
-                    self._notice_once(
-                        name,
-                        path,
-                        Code.SYMLINK_SKIPPED,
-                        f"a link that leads to no folder ({exc.strerror}); it is left alone",
-                    )
+                self._refuse_link(
+                    name,
+                    real,
+                    Code.SYMLINK_SKIPPED,
+                    f"a link that leads to no folder ({exc.strerror}); it is left alone",
+                )
+                return None
+            # Judged before anything behind the link is walked; again at claim time.
+            problem = self._link_problem(path) if stat.S_ISDIR(st.st_mode) else None
+            if problem:
+                self._refuse_link(name, real, Code.SYMLINK_SKIPPED, problem)
+                return None
+            roots = fence.link_roots(self.config)
+            if not scan.is_within(real, roots):
+                refusal = fence.outside(path, real, roots)
+                self._refuse_link(name, real, refusal.code, refusal.message)
                 return None
         if stat.S_ISDIR(st.st_mode):
             return None if scan.is_ignored(name, self.extra) else name
@@ -275,6 +308,8 @@ class Inbox:
 
     def _poke(self, key: str, now: float) -> None:
         """Activity under `key`: track it again, unless it is parked and unchanged."""
+        if now < self._limited.get(key, now):
+            return  # a folder over a limit is walked (bounded) once a rescan at most
         if key in self._parked:
             try:
                 same = self._survey(key).fingerprint() == self._parked[key]
@@ -313,11 +348,12 @@ class Inbox:
         self._parked.pop(key, None)
         self._notified.pop(key, None)
         self._refused_links.pop(key, None)
+        self._limited.pop(key, None)
 
     def _survey(self, key: str) -> scan.Survey:
         if key == LOOSE:
             return scan.survey_loose(self.root, self.extra)
-        return scan.survey(self.root / key, self.extra)
+        return scan.survey(self.root / key, self.extra, fence.limits(self.config))
 
     def _step(self, key: str, now: float) -> None:
         try:
@@ -326,6 +362,16 @@ class Inbox:
             self._drop(key)
             return
         fingerprint = survey.fingerprint()
+        if survey.over is not None:
+            # Refused at once: waiting for it to settle would mean walking it again.
+            self.tracker.forget(key)
+            self._parked[key] = fingerprint
+            self._limited[key] = now + self.config.inbox.rescan_seconds
+            refusal = fence.too_big(self.root / key, survey.over)
+            over = (survey.over.key, survey.over.limit)
+            self._notice_once(key, self.root / key, refusal.code, refusal.message, about=over)
+            return
+        self._limited.pop(key, None)
         self.tracker.observe(key, fingerprint, now)
         if not self.tracker.quiet(key, now):
             return
@@ -368,11 +414,19 @@ class Inbox:
         """
         entry = Path(entry)
         key = entry.name
-        problem = self._link_problem(entry) if entry.is_symlink() else None
-        if problem:
-            self._refused_links[key] = os.readlink(entry)
-            self._notice_once(key, entry, Code.SYMLINK_SKIPPED, problem)
-            return None
+        if entry.is_symlink():
+            real = os.path.realpath(entry)
+            problem = self._link_problem(entry)
+            if problem:
+                self._refuse_link(key, real, Code.SYMLINK_SKIPPED, problem)
+                return None
+            try:  # checked here before has_images reads behind it, and again by claim_entry
+                fence.link_target(entry, self.config)
+            except LinkOutsideRoots as exc:
+                self._refuse_link(key, real, exc.code, exc.message)
+                return None
+            except OSError:
+                pass  # gone or broken since _link_problem looked: claim_entry says so
         try:
             found = scan.has_images(entry, self.extra)
         except PermissionError:
@@ -393,13 +447,26 @@ class Inbox:
                 " claimed once photos appear in it",
             )
             return None
-        batch_id = claim_entry(self.ledger, self.config, entry)
+        try:
+            batch_id = claim_entry(self.ledger, self.config, entry)
+        except LinkOutsideRoots as exc:  # swapped since the check above
+            self._refuse_link(key, os.path.realpath(entry), exc.code, exc.message)
+            return None
         self._notified.pop(key, None)
         self.on_queued(batch_id)
         return batch_id
 
     def _claim_loose(self, survey: scan.Survey) -> int | None:
-        paths = [self.root / name for name in sorted(survey.files)]
+        roots = fence.link_roots(self.config)
+        paths = []
+        for name in sorted(survey.files):
+            path = self.root / name
+            real = os.path.realpath(path) if path.is_symlink() else None
+            if real is not None and not scan.is_within(real, roots):
+                refusal = fence.outside(path, real, roots)
+                self._refuse_link(name, real, refusal.code, refusal.message)
+                continue  # not even its first bytes are read
+            paths.append(path)
         photos = [p for p in paths if scan.is_image_candidate(p)]
         if not photos:
             if survey.files:  # only junk at the top is not worth a word
@@ -416,16 +483,25 @@ class Inbox:
         self.on_queued(batch_id)
         return batch_id
 
-    def _notice_once(self, key: str, entry: Path, code: Code, message: str) -> None:
-        try:
-            content = self._survey(key).files  # junk churn (Finder's .DS_Store) is no news
-        except OSError:
-            content = {}
-        if self._notified.get(key) == (code, content):
+    def _notice_once(
+        self, key: str, entry: Path, code: Code, message: str, about: object = None
+    ) -> None:
+        """Report once per `about`; by default the files under key (junk churn is no news)."""
+        if about is None:
+            try:
+                about = self._survey(key).files
+            except OSError:
+                about = {}
+        if self._notified.get(key) == (code, about):
             return
-        self._notified[key] = (code, content)
+        self._notified[key] = (code, about)
         log.info("%s: %s", code, message)
         self.on_notice(str(code), message, str(entry))
+
+    def _refuse_link(self, name: str, real: str, code: Code, message: str) -> None:
+        """A top-level link left alone: said once, looked at again when it leads elsewhere."""
+        self._refused_links[name] = real
+        self._notice_once(name, self.root / name, code, message, about=real)
 
     def _link_problem(self, entry: Path) -> str | None:
         """Why a dropped link must not be followed, or None if it may."""
