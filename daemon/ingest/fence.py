@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from daemon.config import Config
-from daemon.errors import LimitExceeded, LinkOutsideRoots
+from daemon.errors import Code, LimitExceeded, LinkOutsideRoots
 from daemon.ingest import scan
 
 
@@ -39,6 +39,27 @@ def link_target(entry: Path, config: Config) -> str:
     if not scan.is_within(real, roots):
         raise outside(entry, real, roots)
     return real
+
+
+def refusal(entry: Path, config: Config) -> tuple[Code, str] | None:
+    """Why the dropped link `entry` must not be followed now (code, message), or None."""
+    name = scan.printable(entry.name)
+    try:
+        real = Path(os.path.realpath(entry, strict=True))
+    except OSError as exc:
+        return Code.SYMLINK_SKIPPED, f"the link '{name}' is broken ({exc.strerror or exc})"
+    for own in (config.inbox_dir, config.data_dir, config.status_dir):
+        own = Path(os.path.realpath(own))
+        if real == own or own.is_relative_to(real) or real.is_relative_to(own):
+            return Code.SYMLINK_SKIPPED, (
+                f"the link '{name}' points at {real}, which holds or is inside the daemon's"
+                " own folders; link a photo folder elsewhere instead"
+            )
+    roots = link_roots(config)
+    if not scan.is_within(str(real), roots):
+        refused = outside(entry, str(real), roots)
+        return refused.code, refused.message
+    return None
 
 
 def outside(entry: Path, real: str, roots: list[str]) -> LinkOutsideRoots:

@@ -263,35 +263,19 @@ class Inbox:
         """The tracker key for a top-level name; raises FileNotFoundError if it is gone."""
         path = self.root / name
         st = os.lstat(path)
+        if scan.is_ignored(name, self.extra) and not scan.is_partial(name):
+            return None
         if stat.S_ISLNK(st.st_mode):
-            real = os.path.realpath(path)
-            if self._refused_links.get(name) == real:
-                return None  # reported once; the same link is not news
+            # Judged before anything behind the link is walked, and again at claim time.
+            if self._link_refused(name):
+                return None
             try:
                 st = os.stat(path)
-            except OSError as exc:  # broken link or link loop: nothing to claim, say so once
-                self._refuse_link(
-                    name,
-                    real,
-                    Code.SYMLINK_SKIPPED,
-                    f"a link that leads to no folder ({exc.strerror}); it is left alone",
-                )
-                return None
-            # Judged before anything behind the link is walked; again at claim time.
-            problem = self._link_problem(path) if stat.S_ISDIR(st.st_mode) else None
-            if problem:
-                self._refuse_link(name, real, Code.SYMLINK_SKIPPED, problem)
-                return None
-            roots = fence.link_roots(self.config)
-            if not scan.is_within(real, roots):
-                refusal = fence.outside(path, real, roots)
-                self._refuse_link(name, real, refusal.code, refusal.message)
-                return None
+            except OSError:
+                return None  # broken since it was judged: the next event says so
         if stat.S_ISDIR(st.st_mode):
             return None if scan.is_ignored(name, self.extra) else name
         if stat.S_ISREG(st.st_mode):
-            if scan.is_ignored(name, self.extra) and not scan.is_partial(name):
-                return None
             return LOOSE  # a loose download in progress holds the loose group back
         return None
 
@@ -414,19 +398,8 @@ class Inbox:
         """
         entry = Path(entry)
         key = entry.name
-        if entry.is_symlink():
-            real = os.path.realpath(entry)
-            problem = self._link_problem(entry)
-            if problem:
-                self._refuse_link(key, real, Code.SYMLINK_SKIPPED, problem)
-                return None
-            try:  # checked here before has_images reads behind it, and again by claim_entry
-                fence.link_target(entry, self.config)
-            except LinkOutsideRoots as exc:
-                self._refuse_link(key, real, exc.code, exc.message)
-                return None
-            except OSError:
-                pass  # gone or broken since _link_problem looked: claim_entry says so
+        if entry.is_symlink() and self._link_refused(key):
+            return None  # checked before has_images reads behind it, and by claim_entry
         try:
             found = scan.has_images(entry, self.extra)
         except PermissionError:
@@ -450,23 +423,17 @@ class Inbox:
         try:
             batch_id = claim_entry(self.ledger, self.config, entry)
         except LinkOutsideRoots as exc:  # swapped since the check above
-            self._refuse_link(key, os.path.realpath(entry), exc.code, exc.message)
+            self._refused_links[key] = os.path.realpath(entry)
+            self._notice_once(key, entry, exc.code, exc.message, about=self._refused_links[key])
             return None
         self._notified.pop(key, None)
         self.on_queued(batch_id)
         return batch_id
 
     def _claim_loose(self, survey: scan.Survey) -> int | None:
-        roots = fence.link_roots(self.config)
-        paths = []
-        for name in sorted(survey.files):
-            path = self.root / name
-            real = os.path.realpath(path) if path.is_symlink() else None
-            if real is not None and not scan.is_within(real, roots):
-                refusal = fence.outside(path, real, roots)
-                self._refuse_link(name, real, refusal.code, refusal.message)
-                continue  # not even its first bytes are read
-            paths.append(path)
+        paths = [self.root / name for name in sorted(survey.files)]
+        # A link refused is not even sniffed: its first bytes are not read.
+        paths = [p for p in paths if not (p.is_symlink() and self._link_refused(p.name))]
         photos = [p for p in paths if scan.is_image_candidate(p)]
         if not photos:
             if survey.files:  # only junk at the top is not worth a word
@@ -498,22 +465,14 @@ class Inbox:
         log.info("%s: %s", code, message)
         self.on_notice(str(code), message, str(entry))
 
-    def _refuse_link(self, name: str, real: str, code: Code, message: str) -> None:
-        """A top-level link left alone: said once, looked at again when it leads elsewhere."""
-        self._refused_links[name] = real
-        self._notice_once(name, self.root / name, code, message, about=real)
-
-    def _link_problem(self, entry: Path) -> str | None:
-        """Why a dropped link must not be followed, or None if it may."""
-        try:
-            target = entry.resolve(strict=True)
-        except (OSError, RuntimeError):
-            return f"the link '{scan.printable(entry.name)}' is broken"
-        for own in (self.root, self.config.data_dir, self.config.status_dir):
-            own = Path(own).resolve()
-            if target == own or own.is_relative_to(target) or target.is_relative_to(own):
-                return (
-                    f"the link '{scan.printable(entry.name)}' points at {target}, which holds or"
-                    " is inside the daemon's own folders; link a photo folder elsewhere instead"
-                )
-        return None
+    def _link_refused(self, name: str) -> bool:
+        """Judge a top-level link now; a refusal is reported once per place it leads to."""
+        path = self.root / name
+        real = os.path.realpath(path)
+        if self._refused_links.get(name) == real:
+            return True
+        problem = fence.refusal(path, self.config)
+        if problem is not None:
+            self._refused_links[name] = real
+            self._notice_once(name, path, *problem, about=real)
+        return problem is not None
