@@ -14,7 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from daemon.errors import Code
+from daemon.ingest.claim import recover_claims
 from daemon.ingest.watch import Inbox
+from daemon.vocab import BatchState
 from tests.conftest import make_jpeg
 from tests.integration.test_inbox import Harness, digest_tree, new_harness, photos, wait_for
 
@@ -145,3 +147,39 @@ def test_folders_over_a_limit_stay_until_a_reload_raises_it(
     batches = harness.wait_batches(5, "the refused folders claimed after the reload")
     assert {b.name for b in batches} == {"fine", "control", *expected}
     assert harness.images(next(b.batch_id for b in batches if b.name == "deep")) == ["a/b/c/x.jpg"]
+
+
+def test_a_link_claim_a_crash_interrupted_is_judged_again_at_start(
+    tmp_path: Path, new_harness: Callable[..., Harness]
+) -> None:
+    nas, outside = tmp_path / "nas", tmp_path / "outside"
+    photos(nas / "album", 1)
+    photos(outside, 1, seed=5)
+    harness = new_harness(link_roots=[str(nas)])
+    ledger, config = harness.ledger, harness.config
+    config.batches_dir.mkdir(parents=True, exist_ok=True)
+    homes = {}
+    for name, target in (("good", nas / "album"), ("bad", outside)):
+        batch_id = ledger.claims.reserve_batch(name, "symlink", [str(harness.dir / name)])
+        homes[name] = (batch_id, config.batches_dir / f"{batch_id:06d}-{name}")
+        ledger.claims.set_batch_path(batch_id, homes[name][1])
+        homes[name][1].symlink_to(target)  # moved, not yet pinned: then the crash
+    # Loose links, moved but not pinned: the one leading outside is listed, not read.
+    loose_id = ledger.claims.reserve_batch("loose-x", "loose", [])
+    loose_home = config.batches_dir / f"{loose_id:06d}-loose-x"
+    ledger.claims.set_batch_path(loose_id, loose_home)
+    loose_home.mkdir()
+    (loose_home / "in.jpg").symlink_to(nas / "album" / "IMG_0000.jpg")
+    (loose_home / "out.jpg").symlink_to(outside / "IMG_0000.jpg")
+
+    assert recover_claims(ledger, config) == [homes["good"][0], loose_id]
+    assert os.readlink(homes["good"][1]) == os.path.realpath(nas / "album")
+    assert harness.images(homes["good"][0]) == ["IMG_0000.jpg"]
+    bad = ledger.batch(homes["bad"][0])
+    assert (bad.state, bad.error_code) == (BatchState.FAILED, Code.LINK_OUTSIDE_ROOTS)
+    assert not os.path.lexists(homes["bad"][1])  # nothing in batches/ leads outside
+    assert os.readlink(config.rejected_dir / homes["bad"][1].name) == str(outside)
+    assert harness.images(loose_id) == ["in.jpg"]
+    assert os.readlink(loose_home / "in.jpg") == os.path.realpath(nas / "album" / "IMG_0000.jpg")
+    skipped = ledger.query("SELECT file, code FROM errors WHERE batch_id=?", (loose_id,))
+    assert [(r["file"], r["code"]) for r in skipped] == [("out.jpg", "LINK_OUTSIDE_ROOTS")]
