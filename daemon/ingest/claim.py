@@ -20,7 +20,7 @@ from pathlib import Path
 
 from daemon.config import Config
 from daemon.errors import Code, ImgtrainError, LinkOutsideRoots
-from daemon.ingest import fence, scan
+from daemon.ingest import fence, listing, scan
 from daemon.ledger.ledger import Ledger
 from daemon.vocab import SkippedFile
 
@@ -73,21 +73,21 @@ def _finish(
     kind: str,
     extra_skipped: list[SkippedFile] | None = None,
 ) -> None:
-    listing = scan.scan_batch(
+    found = listing.scan_batch(
         dest,
         config.inbox.ignore,
         follow_top_links=kind == "loose",
         link_roots=fence.link_roots(config),
     )
-    skipped = listing.skipped + (extra_skipped or [])
-    ledger.claims.finish_claim(batch_id, listing.files, skipped, phases=list(config.phases))
+    skipped = found.skipped + (extra_skipped or [])
+    ledger.claims.finish_claim(batch_id, found.files, skipped, phases=list(config.phases))
     log.info(
         "claimed batch %d from %s: %d images, %d skipped, %d other files left out",
         batch_id,
         dest.name,
-        len(listing.files),
+        len(found.files),
         len(skipped),
-        listing.ignored,
+        found.ignored,
     )
 
 

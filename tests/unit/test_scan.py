@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from daemon.errors import Code
-from daemon.ingest import scan
+from daemon.ingest import listing, scan
 from tests.conftest import make_jpeg
 
 JUNK = [
@@ -114,7 +114,7 @@ def _tree(root: Path) -> Path:
 
 def test_listing_recognises_images_by_content(tmp_path: Path) -> None:
     root = _tree(tmp_path / "trip")
-    files, skipped = scan.list_batch_files(root, [])
+    files, skipped = listing.list_batch_files(root, [])
     by_path = {f.rel_path: f for f in files}
     assert list(by_path) == sorted(by_path)
     assert set(by_path) == {
@@ -134,12 +134,12 @@ def test_listing_recognises_images_by_content(tmp_path: Path) -> None:
     assert by_path["sub/b.jpg"].sha256 == hashlib.sha256(data).hexdigest()
     assert by_path["sub/b.jpg"].size == len(data)
     assert skipped == []
-    assert scan.scan_batch(root, []).ignored == 5  # notes, video, .DS_Store, ._a.jpg, @eaDir
+    assert listing.scan_batch(root, []).ignored == 5  # notes, video, .DS_Store, ._a.jpg, @eaDir
 
 
 def test_configured_ignore_patterns_apply_to_listing(tmp_path: Path) -> None:
     root = _tree(tmp_path / "trip")
-    files, _ = scan.list_batch_files(root, ["fake.*", "sub"])
+    files, _ = listing.list_batch_files(root, ["fake.*", "sub"])
     assert {f.rel_path for f in files} == {"IMG_0003", "a.jpg", "disguised.png", "empty.jpg"}
 
 
@@ -156,7 +156,7 @@ def test_inner_symlinks_are_reported_not_followed(tmp_path: Path) -> None:
     (root / "chain").symlink_to("sibling")  # inside, then inside: still not followed
     before = (outside / "secret.jpg").stat()
 
-    files, skipped = scan.list_batch_files(root, [])
+    files, skipped = listing.list_batch_files(root, [])
 
     assert [f.rel_path for f in files] == ["a.jpg"]
     assert {(s.rel_path, s.code) for s in skipped} == {
@@ -170,7 +170,7 @@ def test_inner_symlinks_are_reported_not_followed(tmp_path: Path) -> None:
         *("a.jpg", "escape", "loop", "passwd.jpg", "self", "sibling", "chain")
     }
     # Into an allowed root a link is no escape, but an inner link is still not followed.
-    files, skipped = scan.list_batch_files(root, [], link_roots=[str(outside)])
+    files, skipped = listing.list_batch_files(root, [], link_roots=[str(outside)])
     assert [f.rel_path for f in files] == ["a.jpg"]
     assert {s.code for s in skipped} == {Code.SYMLINK_SKIPPED}
 
@@ -183,7 +183,7 @@ def test_a_dropped_link_to_a_folder_is_followed_at_the_top_only(tmp_path: Path) 
     link.parent.mkdir()
     link.symlink_to(target)
     assert set(scan.snapshot(link, [])) == {"a.jpg", "back"}
-    files, skipped = scan.list_batch_files(link, [])
+    files, skipped = listing.list_batch_files(link, [])
     assert [f.rel_path for f in files] == ["a.jpg"]
     assert [s.code for s in skipped] == [Code.LINK_OUTSIDE_ROOTS]  # out of the linked folder
 
@@ -197,7 +197,7 @@ def test_loose_links_are_read_only_inside_the_link_roots(tmp_path: Path) -> None
     (loose / "ok.jpg").symlink_to(allowed / "ok.jpg")
     (loose / "secret.jpg").symlink_to(elsewhere / "secret.jpg")
     (loose / "hop.jpg").symlink_to(loose / "secret.jpg")  # a chain that ends outside
-    files, skipped = scan.list_batch_files(
+    files, skipped = listing.list_batch_files(
         loose, [], follow_top_links=True, link_roots=[str(allowed)]
     )
     assert [f.rel_path for f in files] == ["ok.jpg"]
@@ -274,7 +274,7 @@ def test_deeply_nested_photos_are_found(tmp_path: Path) -> None:
     for i in range(30):
         deep = deep / f"level{i:02d}"
     make_jpeg(deep / "deep.jpg", seed=4)
-    files, _ = scan.list_batch_files(tmp_path / "trip", [])
+    files, _ = listing.list_batch_files(tmp_path / "trip", [])
     assert len(files) == 1
     assert files[0].rel_path.count("/") == 30
     assert files[0].rel_path.endswith("level29/deep.jpg")
@@ -311,7 +311,7 @@ def test_undecodable_file_names_are_reported(tmp_path: Path) -> None:
     make_jpeg(root / "a.jpg", seed=1)
     bad = os.fsdecode(b"caf\xe9.jpg")  # Latin-1 name from an old camera card
     make_jpeg(root / bad, seed=2)
-    files, skipped = scan.list_batch_files(root, [])
+    files, skipped = listing.list_batch_files(root, [])
     assert [f.rel_path for f in files] == ["a.jpg"]
     assert [s.code for s in skipped] == [Code.UNREADABLE_IMAGE]
     skipped[0].rel_path.encode("utf-8")  # storable as text
@@ -362,7 +362,7 @@ def test_unreadable_files_are_skipped_and_the_rest_listed(tmp_path: Path) -> Non
     make_jpeg(root / "closed" / "c.jpg", seed=3)
     (root / "closed").chmod(0)
     try:
-        files, skipped = _as_unprivileged(lambda: scan.list_batch_files(root, []))  # type: ignore[misc]
+        files, skipped = _as_unprivileged(lambda: listing.list_batch_files(root, []))  # type: ignore[misc]
     finally:
         (root / "closed").chmod(0o755)
     assert [f.rel_path for f in files] == ["a.jpg"]
