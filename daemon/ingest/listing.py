@@ -4,7 +4,9 @@ Reads only; what the inbox saw (walk, ignore rules, sniffing) is scan.py's.
 Images are recognised by content as well as by name: a text file called
 `photo.jpg` is still listed so the phases record UNREADABLE_IMAGE for it (the
 user must see it); a file that is neither (notes.txt) is left out and only
-counted. Links are judged as scan.py's docstring says.
+counted. Inner links are never followed: one that leads out of the batch's
+folder and out of every `inbox.link_roots` folder is LINK_OUTSIDE_ROOTS,
+any other SYMLINK_SKIPPED.
 """
 
 from __future__ import annotations
