@@ -109,7 +109,7 @@ def claim_entry(ledger: Ledger, config: Config, entry: Path) -> int:
         refusal = _refusal(exc, f"'{name}'")
         ledger.claims.fail_claim(batch_id, refusal.code, refusal.message)
         raise refusal from exc
-    if real is not None:
+    if real is not None and os.path.islink(dest):  # (swapped for a folder: their own files)
         fence.pin(dest, real)  # what was checked, whatever the dropped link says by now
     _finish(ledger, config, batch_id, dest, kind)
     return batch_id
