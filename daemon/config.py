@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -21,6 +21,7 @@ from pydantic_settings import EnvSettingsSource
 from pydantic_settings.sources.utils import parse_env_vars
 
 from daemon.errors import ConfigError
+from daemon.redact import redact
 
 ENV_PREFIX = "IMGTRAIN_"
 CONFIG_ENV = "IMGTRAIN_CONFIG"
@@ -39,6 +40,19 @@ class InboxConfig(_Section):
     rescan_seconds: float = Field(60.0, gt=0)
     polling: bool = False
     ignore: list[str] = Field(default_factory=list)
+    # What a half-trusted dropper may make the daemon read (README, "Security").
+    link_roots: list[Path] = Field(default_factory=list)
+    max_files_per_batch: int = Field(200_000, ge=1)
+    max_depth: int = Field(32, ge=1)
+    max_batch_bytes: int = Field(2 * 10**12, ge=1)
+
+    # Applied by a reload (SIGHUP); the other inbox keys need a restart.
+    RELOADABLE: ClassVar[tuple[str, ...]] = (
+        "link_roots",
+        "max_files_per_batch",
+        "max_depth",
+        "max_batch_bytes",
+    )
 
 
 class StatusConfig(_Section):
@@ -148,6 +162,11 @@ class Config(_Section):
         return self.data_dir / "batches"
 
     @property
+    def rejected_dir(self) -> Path:
+        """Claimed links that turned out to lead outside inbox.link_roots (after a crash)."""
+        return self.data_dir / "rejected"
+
+    @property
     def ledger_path(self) -> Path:
         return self.data_dir / "ledger.sqlite3"
 
@@ -220,7 +239,7 @@ def _describe(err: ValidationError, source: str) -> str:
             parts.append(f"{key}: unknown key")
         else:
             parts.append(f"{key}: {item['msg']} (got {item.get('input')!r})")
-    return f"{source}: " + "; ".join(parts)
+    return redact(f"{source}: " + "; ".join(parts))
 
 
 def resolve_config_path(
@@ -280,7 +299,9 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         update={"model_dir": opt(cfg.faces.model_dir), "model_root": opt(cfg.faces.model_root)}
     )
     store = cfg.store.model_copy(update={"path": opt(cfg.store.path)})
+    inbox = cfg.inbox.model_copy(update={"link_roots": [absolute(p) for p in cfg.inbox.link_roots]})
     updates: dict[str, Any] = {
+        "inbox": inbox,
         "inbox_dir": absolute(cfg.inbox_dir),
         "data_dir": absolute(cfg.data_dir),
         "status_dir": absolute(cfg.status_dir),

@@ -20,6 +20,8 @@ class Code(StrEnum):
     IMAGE_TOO_LARGE = "IMAGE_TOO_LARGE"
     IMAGE_TOO_SMALL = "IMAGE_TOO_SMALL"
     SYMLINK_SKIPPED = "SYMLINK_SKIPPED"
+    LINK_OUTSIDE_ROOTS = "LINK_OUTSIDE_ROOTS"
+    LIMIT_EXCEEDED = "LIMIT_EXCEEDED"
     PERMISSION_DENIED = "PERMISSION_DENIED"
     NO_IMAGES = "NO_IMAGES"
     INSUFFICIENT_DATA = "INSUFFICIENT_DATA"
@@ -88,6 +90,26 @@ class ImageTooLarge(ImageError):
 class ImageTooSmall(ImageError):
     code = Code.IMAGE_TOO_SMALL
     default_hint = "Photos smaller than decode.min_side pixels are skipped."
+
+
+class LinkOutsideRoots(ImgtrainError):
+    """A dropped link leads outside every folder in inbox.link_roots; it is not followed."""
+
+    code = Code.LINK_OUTSIDE_ROOTS
+    default_hint = (
+        "Add the folder (or one above it) to inbox.link_roots in config.yaml and reload"
+        " (systemctl reload imgtrain), or copy the photos into the inbox instead."
+    )
+
+
+class LimitExceeded(ImgtrainError):
+    """A dropped folder is over one of the inbox.max_* limits; it stays in the inbox."""
+
+    code = Code.LIMIT_EXCEEDED
+    default_hint = (
+        "Raise the named inbox.max_* key in config.yaml and reload (systemctl reload"
+        " imgtrain), or drop the folder in smaller parts."
+    )
 
 
 class InsufficientData(ImgtrainError):

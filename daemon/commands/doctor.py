@@ -26,7 +26,7 @@ from typing import Any
 
 from rich.text import Text
 
-from daemon.commands import render
+from daemon.commands import access, render
 from daemon.config import Config, load_config, resolve_config_path
 from daemon.errors import ConfigError, ImgtrainError
 
@@ -93,6 +93,7 @@ class Doctor:
         ):
             self._directory(name, path, user)
         self._inbox_watch(config)
+        self._access(config, user)
         self._ledger(config)
         clip, faces = self._models(config) if self.load_models else (None, None)
         self._store(config, clip, faces)
@@ -194,6 +195,20 @@ class Doctor:
                 f"inotify did not report a test file in {inbox} ({fstype}): {why}"
                 " -> set inbox.polling: true",
             )
+
+    def _access(self, config: Config, user: DaemonUser) -> None:
+        found = access.problems(config, user.uid, user.name)
+        if found:
+            self.add("access", Level.WARN, "; ".join(found))
+        else:
+            self.add(
+                "access",
+                Level.OK,
+                f"the inbox is not writable by every user; only {user.name} writes data_dir"
+                " and status_dir",
+            )
+        fine, detail = access.link_roots_note(config)
+        self.add("link roots", Level.OK if fine else Level.WARN, detail)
 
     def _disk(self, config: Config) -> None:
         import psutil

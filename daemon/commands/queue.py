@@ -8,15 +8,18 @@ next check (`queue.control_poll_seconds`).
 from __future__ import annotations
 
 import argparse
+import os
 from datetime import UTC, datetime
 
+from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from daemon.commands import render
 from daemon.config import Config
-from daemon.errors import ImgtrainError
+from daemon.errors import Code, ImgtrainError
 from daemon.ledger import admin as queue_admin
+from daemon.ledger import history
 from daemon.ledger.admin import BatchRow
 from daemon.ledger.ledger import Ledger
 from daemon.vocab import BatchState
@@ -122,11 +125,30 @@ def _row_json(b: BatchRow) -> dict[str, object]:
     }
 
 
+REFUSALS = [Code.LIMIT_EXCEEDED, Code.LINK_OUTSIDE_ROOTS]
+
+
+def _refused(ledger: Ledger) -> list[history.ErrorRow]:
+    """Inbox entries the daemon will not claim as they are, still lying there."""
+    rows = history.inbox_refusals(ledger, [str(c) for c in REFUSALS])
+    return [r for r in rows if r.file and os.path.lexists(r.file)]
+
+
 def _list(ledger: Ledger, args: argparse.Namespace) -> int:
     rows = queue_admin.list_batches(ledger, args.state, args.limit)
     paused = ledger.is_paused()
+    refused = _refused(ledger)
     if args.json:
-        render.print_json({"paused": paused, "batches": [_row_json(b) for b in rows]})
+        render.print_json(
+            {
+                "paused": paused,
+                "batches": [_row_json(b) for b in rows],
+                "refused": [
+                    {"at": r.at.isoformat(), "code": r.code, "message": r.message, "file": r.file}
+                    for r in refused
+                ],
+            }
+        )
         return 0
     out = render.console()
     if paused:
@@ -137,7 +159,16 @@ def _list(ledger: Ledger, args: argparse.Namespace) -> int:
             if args.state
             else "No batches yet: drop a folder of photos into the inbox."
         )
-        return 0
+    else:
+        _table(out, rows)
+    if refused:
+        out.print(f"[yellow]Refused, left in the inbox ({len(refused)}):[/]")
+        for r in refused:
+            out.print(Text(f"  {r.code}: {r.message}"))
+    return 0
+
+
+def _table(out: Console, rows: list[BatchRow]) -> None:
     table = Table(box=None, header_style="bold", pad_edge=False)
     for name, justify in (
         ("ID", "right"),
@@ -176,7 +207,6 @@ def _list(ledger: Ledger, args: argparse.Namespace) -> int:
     for b in rows:
         if b.error and b.state in (BatchState.FAILED, BatchState.CANCELLED):
             out.print(Text(f"batch {b.batch_id} {b.state}: {b.error}", style="dim"))
-    return 0
 
 
 # -- control -------------------------------------------------------------------------

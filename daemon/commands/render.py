@@ -26,6 +26,7 @@ from daemon.config import Config, load_config
 from daemon.errors import NotFound
 from daemon.humanize import duration, iso, local_time, size
 from daemon.ledger.ledger import Ledger
+from daemon.redact import redact
 
 PIPE_WIDTH = 200
 __all__ = ["duration", "iso", "local_time", "size"]  # and everything defined below
@@ -106,7 +107,7 @@ def plain(value: Any) -> Any:
 
 
 def print_json(data: Any) -> None:
-    print(json.dumps(plain(data), indent=2, ensure_ascii=False))
+    print(redact(json.dumps(plain(data), indent=2, ensure_ascii=False)))
 
 
 def bar(done: float, total: float, width: int = 30) -> Text:

@@ -4,6 +4,10 @@ The batch id is reserved in the ledger, its permanent home recorded, then the
 entry is renamed there (one atomic step on the same filesystem), hashed, and
 the batch made runnable. `recover_claims` finishes whatever a crash
 interrupted, so nothing is lost and nothing is claimed twice.
+
+A dropped link is claimed only if it leads into `inbox.link_roots`, judged
+here at claim time; the claimed link is then pinned to the folder (or file)
+that was checked (see fence.py).
 """
 
 from __future__ import annotations
@@ -15,8 +19,8 @@ from datetime import datetime
 from pathlib import Path
 
 from daemon.config import Config
-from daemon.errors import Code, ImgtrainError
-from daemon.ingest import scan
+from daemon.errors import Code, ImgtrainError, LinkOutsideRoots
+from daemon.ingest import fence, listing, scan
 from daemon.ledger.ledger import Ledger
 from daemon.vocab import SkippedFile
 
@@ -69,23 +73,33 @@ def _finish(
     kind: str,
     extra_skipped: list[SkippedFile] | None = None,
 ) -> None:
-    listing = scan.scan_batch(dest, config.inbox.ignore, follow_top_links=kind == "loose")
-    skipped = listing.skipped + (extra_skipped or [])
-    ledger.claims.finish_claim(batch_id, listing.files, skipped, phases=list(config.phases))
+    found = listing.scan_batch(
+        dest,
+        config.inbox.ignore,
+        follow_top_links=kind == "loose",
+        link_roots=fence.link_roots(config),
+    )
+    skipped = found.skipped + (extra_skipped or [])
+    ledger.claims.finish_claim(batch_id, found.files, skipped, phases=list(config.phases))
     log.info(
         "claimed batch %d from %s: %d images, %d skipped, %d other files left out",
         batch_id,
         dest.name,
-        len(listing.files),
+        len(found.files),
         len(skipped),
-        listing.ignored,
+        found.ignored,
     )
 
 
 def claim_entry(ledger: Ledger, config: Config, entry: Path) -> int:
-    """Claim one folder (or link to a folder) from the inbox. Raises ClaimRefused."""
+    """Claim one folder (or link to a folder) from the inbox.
+
+    Raises ClaimRefused, or LinkOutsideRoots for a link that leads outside
+    inbox.link_roots (no batch is made then and the link stays where it is).
+    """
     kind = "symlink" if entry.is_symlink() else "folder"
     name = scan.printable(entry.name)
+    real = _link_target(entry, config) if kind == "symlink" else None
     batch_id = ledger.claims.reserve_batch(name, kind, [str(entry)])
     dest = batch_home(config, batch_id, name)
     ledger.claims.set_batch_path(batch_id, dest)
@@ -95,17 +109,46 @@ def claim_entry(ledger: Ledger, config: Config, entry: Path) -> int:
         refusal = _refusal(exc, f"'{name}'")
         ledger.claims.fail_claim(batch_id, refusal.code, refusal.message)
         raise refusal from exc
+    if real is not None and os.path.islink(dest):  # (swapped for a folder: their own files)
+        fence.pin(dest, real)  # what was checked, whatever the dropped link says by now
     _finish(ledger, config, batch_id, dest, kind)
     return batch_id
 
 
+def _link_target(entry: Path, config: Config) -> str:
+    try:
+        return fence.link_target(entry, config)
+    except OSError as exc:
+        raise ClaimRefused(
+            Code.SYMLINK_SKIPPED,
+            f"the link '{scan.printable(entry.name)}' leads to no folder"
+            f" ({exc.strerror or exc}); it is left alone",
+        ) from exc
+
+
 def claim_loose(ledger: Ledger, config: Config, files: list[Path]) -> int:
-    """Gather loose files into one new batch folder. Raises ClaimRefused if none moved."""
+    """Gather loose files into one new batch folder. Raises ClaimRefused if none moved.
+
+    Links among them are gathered only if they lead into inbox.link_roots
+    (the others stay in the inbox, listed as LINK_OUTSIDE_ROOTS), then pinned.
+    """
+    targets: dict[Path, str] = {}
+    refused: list[SkippedFile] = []
+    for src in files:
+        if src.is_symlink():
+            try:
+                targets[src] = fence.link_target(src, config)
+            except LinkOutsideRoots as exc:
+                refused.append(SkippedFile(scan.printable(src.name), exc.code, exc.message))
+            except OSError as exc:
+                message = f"a link that leads to no file ({exc.strerror or exc})"
+                refused.append(SkippedFile(scan.printable(src.name), Code.SYMLINK_SKIPPED, message))
+    files = [f for f in files if not f.is_symlink() or f in targets]
     name = f"loose-{datetime.now():%Y-%m-%dT%H%M}"
     batch_id = ledger.claims.reserve_batch(name, "loose", [str(f) for f in files])
     dest = batch_home(config, batch_id, name)
     ledger.claims.set_batch_path(batch_id, dest)
-    stuck = _gather(files, dest)
+    stuck = _gather(files, dest) + refused
     if not any(dest.iterdir()):
         dest.rmdir()
         refusal = (
@@ -115,6 +158,9 @@ def claim_loose(ledger: Ledger, config: Config, files: list[Path]) -> int:
         )
         ledger.claims.fail_claim(batch_id, refusal.code, refusal.message)
         raise refusal
+    for src, real in targets.items():
+        if os.path.islink(dest / src.name):
+            fence.pin(dest / src.name, real)
     _finish(ledger, config, batch_id, dest, "loose", stuck)
     return batch_id
 
@@ -185,7 +231,45 @@ def recover_claims(ledger: Ledger, config: Config) -> list[int]:
                 " the inbox and from the batch folder",
             )
             continue
+        if not _repin(ledger, config, batch.batch_id, batch.kind, dest):
+            continue
         _finish(ledger, config, batch.batch_id, dest, batch.kind, stuck)
         log.info("finished interrupted claim of batch %d", batch.batch_id)
         queued.append(batch.batch_id)
     return queued
+
+
+def _repin(ledger: Ledger, config: Config, batch_id: int, kind: str, dest: Path) -> bool:
+    """Check and pin claimed links again after a crash; False if the claim had to fail.
+
+    A crash may have come between moving a link and pinning it, and where
+    it leads may have changed since: it is judged again where it now lies.
+    A linked folder that now leads outside the roots fails its claim and the
+    link is moved aside into data/rejected/; loose links that do are left
+    unpinned and the listing reports them.
+    """
+    roots = fence.link_roots(config)
+    if kind == "loose":
+        for entry in os.scandir(dest):
+            if entry.is_symlink():
+                real = os.path.realpath(entry.path)
+                if scan.is_within(real, roots) and os.path.isfile(real):
+                    fence.pin(Path(entry.path), real)
+        return True
+    if kind != "symlink" or not os.path.islink(dest):
+        return True
+    try:
+        real = os.path.realpath(dest, strict=True)
+        if not scan.is_within(real, roots):
+            raise fence.outside(dest, real, roots)
+        fence.pin(dest, real)
+        return True
+    except LinkOutsideRoots as exc:
+        ledger.claims.fail_claim(batch_id, exc.code, exc.message)
+    except OSError as exc:
+        message = f"the claimed link leads to no folder ({exc.strerror or exc})"
+        ledger.claims.fail_claim(batch_id, Code.SYMLINK_SKIPPED, message)
+    config.rejected_dir.mkdir(parents=True, exist_ok=True)
+    os.rename(dest, config.rejected_dir / dest.name)  # never a link to elsewhere in batches/
+    log.warning("batch %d: claimed link moved aside to %s", batch_id, config.rejected_dir)
+    return False

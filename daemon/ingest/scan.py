@@ -1,34 +1,33 @@
-"""What is in a dropped folder: the ignore rules, stat snapshots, and the file list.
+"""What is in a dropped folder: the ignore rules, walks, and stat-only surveys.
 
 Everything here reads the filesystem and nothing writes it. Walks never
 follow a symbolic link below the top: a link inside a batch could point
-anywhere (or at itself), so it is reported as SYMLINK_SKIPPED instead. The
-top entry may itself be a link to a folder; the user dropped that link on
-purpose, so it is followed.
+anywhere (or at itself), so it is an item of its own, reported when the
+batch is listed (listing.py: LINK_OUTSIDE_ROOTS when it leads out of the
+batch's folder and out of every `inbox.link_roots` folder, SYMLINK_SKIPPED
+otherwise). The top entry may itself be a link to a folder; whether it may
+be followed is decided before (fence.py).
+
+A survey of a dropped folder can be bounded (`Limits`): it stops at the
+first entry over a limit, so a drop of `/` costs a bounded walk, not hours.
 
 Images are recognised by content as well as by name: a JPEG called `IMG_1`
-is found, and a text file called `photo.jpg` is still listed so the phases
-record UNREADABLE_IMAGE for it (the user must see it). A file that is neither
-(notes.txt, video.mp4) is left out silently and only counted.
+is found, and a text file called `photo.jpg` is still an image candidate.
 """
 
 from __future__ import annotations
 
-import errno
 import fnmatch
-import hashlib
 import os
 import re
 import stat
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from daemon.errors import Code
 from daemon.imaging.decode import sniff_format
-from daemon.vocab import FileEntry, SkippedFile
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
@@ -51,7 +50,6 @@ JUNK_NAMES = frozenset(
 )
 # Downloads and copies still being written; a folder holding one is not settled.
 PARTIAL_SUFFIXES = (".part", ".partial", ".crdownload", ".download", ".tmp")
-HASH_CHUNK = 1 << 20
 SAFE_NAME_BYTES = 100
 
 # Characters that are unsafe in a path component here or on an SMB share.
@@ -107,9 +105,20 @@ def safe_name(name: str) -> str:
     return text or "batch"
 
 
+def is_within(path: str, folders: Iterable[str]) -> bool:
+    """Whether `path` is one of `folders` or below one (all absolute, links resolved)."""
+    for folder in folders:
+        try:
+            if os.path.commonpath([path, folder]) == folder:
+                return True
+        except ValueError:  # one relative, one absolute: not comparable, not inside
+            continue
+    return False
+
+
 # -- walking ----------------------------------------------------------------------
 
-Kind = Literal["file", "link", "partial", "ignored", "error"]
+Kind = Literal["file", "link", "partial", "ignored", "error", "dir", "deep"]
 
 
 @dataclass(frozen=True)
@@ -121,14 +130,19 @@ class Item:
 
 
 def walk(
-    root: Path, extra: list[str] | tuple[str, ...] = (), follow_top_links: bool = False
+    root: Path,
+    extra: list[str] | tuple[str, ...] = (),
+    follow_top_links: bool = False,
+    max_depth: int | None = None,
 ) -> Iterator[Item]:
     """Every entry below `root`, depth first, without following inner links.
 
     Ignored folders are not entered. A folder that cannot be listed is one
-    item of kind "error" (the root too, as rel ""). `follow_top_links` makes
-    links directly inside root count as the files they point to (a loose batch
-    holds the links the user dropped). Raises FileNotFoundError if root is gone.
+    item of kind "error" (the root too, as rel ""). Each folder entered is an
+    item of kind "dir"; one more than `max_depth` levels down is an item of
+    kind "deep" and is not entered. `follow_top_links` makes links directly
+    inside root count as the files they point to (a loose batch holds the
+    links the user dropped). Raises FileNotFoundError if root is gone.
     """
     stack: list[tuple[str, str]] = [(os.fspath(root), "")]
     while stack:
@@ -143,6 +157,7 @@ def walk(
         except OSError as exc:
             yield Item(prefix.rstrip("/"), folder, "error", exc)
             continue
+        depth = prefix.count("/") + 1  # of the folders found in this one
         for entry in entries:
             rel = prefix + entry.name
             try:
@@ -155,7 +170,11 @@ def walk(
                     else:
                         yield Item(rel, entry.path, "link")
                 elif entry.is_dir(follow_symlinks=False):
-                    stack.append((entry.path, rel + "/"))
+                    if max_depth is not None and depth > max_depth:
+                        yield Item(rel, entry.path, "deep")
+                    else:
+                        yield Item(rel, entry.path, "dir")
+                        stack.append((entry.path, rel + "/"))
                 elif entry.is_file(follow_symlinks=False):
                     yield Item(rel, entry.path, "file")
                 else:  # fifo, socket, device: opening one could block forever
@@ -165,33 +184,65 @@ def walk(
 
 
 @dataclass(frozen=True)
+class Limits:
+    """What one dropped folder may cost (inbox.max_files_per_batch, max_depth, max_batch_bytes)."""
+
+    files: int  # entries: files and folders
+    depth: int  # folder levels below the dropped folder
+    bytes: int  # total size of its files
+
+
+@dataclass(frozen=True)
+class Over:
+    """The limit a dropped folder went over, as the person who can raise it needs it."""
+
+    key: str  # the config key, e.g. "inbox.max_depth"
+    limit: int
+    what: str  # "more than 1,000 files and folders"
+
+
+@dataclass(frozen=True)
 class Survey:
     files: dict[str, tuple[int, int]]  # rel path -> (size, mtime_ns), photos-to-be only
     junk: dict[str, tuple[int, int]]  # the same for ignored entries (hidden rsync temps too)
     partial: bool  # an in-progress download or copy is inside
+    over: Over | None = None  # the first limit exceeded; the survey stopped there
+    seen: int = 0  # entries walked
 
     def fingerprint(self) -> dict[str, tuple[int, int]]:
         """Everything that changes while a copy is going on, ignored files included."""
         return {**self.files, **{"\0" + rel: st for rel, st in self.junk.items()}}
 
 
-def survey(entry: Path, extra: list[str] | tuple[str, ...] = ()) -> Survey:
+def survey(
+    entry: Path, extra: list[str] | tuple[str, ...] = (), limits: Limits | None = None
+) -> Survey:
     """Stat-only look at a top-level inbox entry (a folder, a link to one, or a file).
 
     Unlistable folders appear as "<rel>/" -> (-1, -1) so that they count as
-    content (and are reported when claimed) instead of looking empty.
+    content (and are reported when claimed) instead of looking empty. With
+    `limits`, the walk stops at the first entry over one and says which.
     Raises FileNotFoundError if the entry is gone.
     """
     st = os.stat(entry)
     if not stat.S_ISDIR(st.st_mode):
         key = (st.st_size, st.st_mtime_ns)
         if is_ignored(entry.name, extra):
-            return Survey({}, {entry.name: key}, is_partial(entry.name))
-        return Survey({entry.name: key}, {}, False)
+            return Survey({}, {entry.name: key}, is_partial(entry.name), seen=1)
+        return Survey({entry.name: key}, {}, False, seen=1)
     files: dict[str, tuple[int, int]] = {}
     junk: dict[str, tuple[int, int]] = {}
     partial = False
-    for item in walk(entry, extra):
+    seen = size = 0
+    over: Over | None = None
+    for item in walk(entry, extra, max_depth=limits.depth if limits else None):
+        seen += 1
+        if limits is not None:
+            over = _over(limits, item, seen, size)
+            if over is not None:
+                break  # the walk (a generator) stops here: nothing more is listed
+        if item.kind == "dir":
+            continue
         if item.kind == "error":
             files[item.rel + "/"] = (-1, -1)
             continue
@@ -201,10 +252,35 @@ def survey(entry: Path, extra: list[str] | tuple[str, ...] = ()) -> Survey:
             continue
         if item.kind in ("file", "link"):
             files[item.rel] = (s.st_size, s.st_mtime_ns)
+            size += s.st_size
         else:
             junk[item.rel] = (s.st_size, s.st_mtime_ns)
             partial = partial or item.kind == "partial"
-    return Survey(files, junk, partial)
+    if over is None and limits is not None and size > limits.bytes:
+        over = _bytes_over(limits)
+    return Survey(files, junk, partial, over, seen)
+
+
+def _over(limits: Limits, item: Item, seen: int, size: int) -> Over | None:
+    if seen > limits.files:
+        return Over(
+            "inbox.max_files_per_batch",
+            limits.files,
+            f"more than {limits.files:,} files and folders",
+        )
+    if item.kind == "deep":
+        return Over(
+            "inbox.max_depth",
+            limits.depth,
+            f"folders more than {limits.depth} levels deep ({printable(item.rel)})",
+        )
+    if size > limits.bytes:
+        return _bytes_over(limits)
+    return None
+
+
+def _bytes_over(limits: Limits) -> Over:
+    return Over("inbox.max_batch_bytes", limits.bytes, f"more than {limits.bytes:,} bytes")
 
 
 def survey_loose(inbox: Path, extra: list[str] | tuple[str, ...] = ()) -> Survey:
@@ -261,108 +337,3 @@ def has_images(entry: Path, extra: list[str] | tuple[str, ...] = ()) -> bool:
         if item.kind == "file" and is_image_candidate(item.path):
             return True
     return False
-
-
-# -- listing a claimed batch -----------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Listing:
-    files: list[FileEntry]
-    skipped: list[SkippedFile]
-    ignored: int  # junk and non-image files left out silently
-
-
-def _hash(path: str, follow: bool) -> tuple[str, int]:
-    """SHA-256 and size of a regular file, streamed; refuses anything else."""
-    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
-    if not follow:
-        flags |= os.O_NOFOLLOW  # the name may have been swapped for a link since the walk
-    fd = os.open(path, flags)
-    with open(fd, "rb", buffering=0) as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", path)
-        digest = hashlib.sha256()
-        buf = bytearray(HASH_CHUNK)
-        view = memoryview(buf)
-        size = 0
-        while n := f.readinto(buf):
-            digest.update(view[:n])
-            size += n
-    return digest.hexdigest(), size
-
-
-def _utf8(rel: str) -> bool:
-    try:
-        rel.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def scan_batch(
-    root: Path, extra: list[str] | tuple[str, ...] = (), follow_top_links: bool = False
-) -> Listing:
-    """Hash every image candidate below a claimed batch folder (sorted by rel path)."""
-    files: list[FileEntry] = []
-    skipped: list[SkippedFile] = []
-    ignored = 0
-    for item in walk(root, extra, follow_top_links):
-        rel = printable(item.rel)
-        if item.kind in ("ignored", "partial"):
-            ignored += 1
-        elif item.kind == "link":
-            skipped.append(
-                SkippedFile(rel, Code.SYMLINK_SKIPPED, "links inside a batch are not followed")
-            )
-        elif item.kind == "error":
-            skipped.append(_read_error(rel or ".", item.error, "folder"))
-        else:
-            entry = _list_file(item, rel, follow_top_links)
-            if entry is None:
-                ignored += 1
-            elif isinstance(entry, SkippedFile):
-                skipped.append(entry)
-            else:
-                files.append(entry)
-    files.sort(key=lambda f: f.rel_path)
-    skipped.sort(key=lambda s: s.rel_path)
-    return Listing(files, skipped, ignored)
-
-
-def list_batch_files(
-    root: Path, extra: list[str] | tuple[str, ...] = (), follow_top_links: bool = False
-) -> tuple[list[FileEntry], list[SkippedFile]]:
-    listing = scan_batch(root, extra, follow_top_links)
-    return listing.files, listing.skipped
-
-
-def _list_file(item: Item, rel: str, follow_top_links: bool) -> FileEntry | SkippedFile | None:
-    named_image = Path(item.path).suffix.casefold() in IMAGE_EXTENSIONS
-    fmt = sniff_format(Path(item.path))
-    if fmt is None and not named_image:
-        if not os.access(item.path, os.R_OK):  # sniff_format could not look inside
-            return _read_error(rel, PermissionError(errno.EACCES, "denied"), "file")
-        return None
-    if not _utf8(item.rel):
-        return SkippedFile(
-            rel, Code.UNREADABLE_IMAGE, "the file name is not valid UTF-8; rename the file"
-        )
-    try:
-        sha, size = _hash(item.path, follow=follow_top_links and "/" not in item.rel)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:  # became a link after the walk
-            return SkippedFile(rel, Code.SYMLINK_SKIPPED, "links inside a batch are not followed")
-        return _read_error(rel, exc, "file")
-    return FileEntry(rel, sha, size, fmt)
-
-
-def _read_error(rel: str, exc: OSError | None, what: str) -> SkippedFile:
-    reason = (exc.strerror if exc is not None else None) or str(exc)
-    if isinstance(exc, PermissionError):
-        return SkippedFile(
-            rel, Code.PERMISSION_DENIED, f"cannot read this {what}: permission denied"
-        )
-    return SkippedFile(rel, Code.UNREADABLE_IMAGE, f"cannot read this {what}: {reason}")

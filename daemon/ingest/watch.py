@@ -12,12 +12,14 @@ events and for network mounts), and only once they have been quiet for
 almost `settle_seconds`. An entry is claimed when it has had no event for
 `settle_seconds` and two scans in a row agree on every file's size and mtime.
 
-Claiming itself, crash-safe, lives in `daemon/claim.py`.
+A dropped link is looked at only if it leads into `inbox.link_roots`, and a
+folder only while it is within the `inbox.max_*` limits (fence.py); what
+is refused stays in the inbox, reported once, and is looked at again after
+a reload. Claiming itself, crash-safe, lives in `claim.py`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import sqlite3
@@ -45,8 +47,8 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from daemon.config import Config
-from daemon.errors import Code, ConfigError, DiskFull
-from daemon.ingest import scan
+from daemon.errors import Code, ConfigError, DiskFull, LinkOutsideRoots
+from daemon.ingest import fence, scan
 from daemon.ingest.claim import ClaimRefused, claim_entry, claim_loose, recover_claims
 from daemon.ingest.settle import Fingerprint, StabilityTracker
 from daemon.ledger.ledger import Ledger
@@ -140,8 +142,11 @@ class Inbox:
         # Entries looked at and left alone (no photos yet, a download still in
         # progress, a refused claim): not scanned again until they change.
         self._parked: dict[str, Fingerprint] = {}
-        self._notified: dict[str, tuple[str, Fingerprint]] = {}
-        self._refused_links: dict[str, str] = {}  # name -> target it had when refused
+        self._notified: dict[str, tuple[str, object]] = {}  # key -> (code, what it was about)
+        self._refused_links: dict[str, str] = {}  # name -> where it led when refused
+        # Folders refused for a limit -> when a change in them is worth a (bounded) look.
+        self._limited: dict[str, float] = {}
+        self._new_config: Config | None = None  # from a reload, taken on the next tick
         self._stop = threading.Event()
         self._observer: BaseObserver | None = None
         self._thread: threading.Thread | None = None
@@ -171,6 +176,11 @@ class Inbox:
                 # in the ledger as 'claiming' and recover_claims finishes it.
                 log.warning("inbox scanner still busy claiming; it finishes on the next start")
             self._thread = None
+
+    def reconfigure(self, config: Config) -> None:
+        """New link roots and limits (a reload): entries they refused are looked at again."""
+        with self._lock:
+            self._new_config = config
 
     def _start_observer(self) -> BaseObserver:
         handler = _Events(self.root, self._note)
@@ -209,6 +219,10 @@ class Inbox:
     def _tick(self, now: float) -> None:
         with self._lock:
             touched, self._touched = self._touched, {}
+            config, self._new_config = self._new_config, None
+        if config is not None:
+            self._reconfigured(config)
+            self._next_rescan = now
         if now >= self._next_rescan:
             if self._recover_pending:
                 self._recover()
@@ -223,6 +237,16 @@ class Inbox:
             # scan lands right when the quiet period ends.
             if self.tracker.due(key, now + lead):
                 self._step(key, now)
+
+    def _reconfigured(self, config: Config) -> None:
+        self.config = config
+        refusals = (Code.LINK_OUTSIDE_ROOTS, Code.LIMIT_EXCEEDED)
+        for key in [k for k, (code, _) in self._notified.items() if code in refusals]:
+            self._drop(key)
+        for key in list(self._limited):
+            self._drop(key)
+        self._parked.pop(LOOSE, None)  # loose links refused before may be allowed now
+        log.info("inbox: link roots and limits reloaded")
 
     def _recover(self) -> None:
         """Finish claims a full disk interrupted, once there is room again."""
@@ -239,26 +263,19 @@ class Inbox:
         """The tracker key for a top-level name; raises FileNotFoundError if it is gone."""
         path = self.root / name
         st = os.lstat(path)
+        if scan.is_ignored(name, self.extra) and not scan.is_partial(name):
+            return None
         if stat.S_ISLNK(st.st_mode):
-            try:
-                if self._refused_links.get(name) == os.readlink(path):
-                    return None  # reported once; the same link is not news
-                st = os.stat(path)
-            except OSError as exc:  # broken link or link loop: nothing to claim, say so once
-                with contextlib.suppress(OSError):
-                    self._refused_links[name] = os.readlink(path)
-                    self._notice_once(
-                        name,
-                        path,
-                        Code.SYMLINK_SKIPPED,
-                        f"a link that leads to no folder ({exc.strerror}); it is left alone",
-                    )
+            # Judged before anything behind the link is walked, and again at claim time.
+            if self._link_refused(name):
                 return None
+            try:
+                st = os.stat(path)
+            except OSError:
+                return None  # broken since it was judged: the next event says so
         if stat.S_ISDIR(st.st_mode):
             return None if scan.is_ignored(name, self.extra) else name
         if stat.S_ISREG(st.st_mode):
-            if scan.is_ignored(name, self.extra) and not scan.is_partial(name):
-                return None
             return LOOSE  # a loose download in progress holds the loose group back
         return None
 
@@ -275,6 +292,8 @@ class Inbox:
 
     def _poke(self, key: str, now: float) -> None:
         """Activity under `key`: track it again, unless it is parked and unchanged."""
+        if now < self._limited.get(key, now):
+            return  # a folder over a limit is walked (bounded) once a rescan at most
         if key in self._parked:
             try:
                 same = self._survey(key).fingerprint() == self._parked[key]
@@ -313,11 +332,12 @@ class Inbox:
         self._parked.pop(key, None)
         self._notified.pop(key, None)
         self._refused_links.pop(key, None)
+        self._limited.pop(key, None)
 
     def _survey(self, key: str) -> scan.Survey:
         if key == LOOSE:
             return scan.survey_loose(self.root, self.extra)
-        return scan.survey(self.root / key, self.extra)
+        return scan.survey(self.root / key, self.extra, fence.limits(self.config))
 
     def _step(self, key: str, now: float) -> None:
         try:
@@ -326,6 +346,16 @@ class Inbox:
             self._drop(key)
             return
         fingerprint = survey.fingerprint()
+        if survey.over is not None:
+            # Refused at once: waiting for it to settle would mean walking it again.
+            self.tracker.forget(key)
+            self._parked[key] = fingerprint
+            self._limited[key] = now + self.config.inbox.rescan_seconds
+            refusal = fence.too_big(self.root / key, survey.over)
+            over = (survey.over.key, survey.over.limit)
+            self._notice_once(key, self.root / key, refusal.code, refusal.message, about=over)
+            return
+        self._limited.pop(key, None)
         self.tracker.observe(key, fingerprint, now)
         if not self.tracker.quiet(key, now):
             return
@@ -368,11 +398,8 @@ class Inbox:
         """
         entry = Path(entry)
         key = entry.name
-        problem = self._link_problem(entry) if entry.is_symlink() else None
-        if problem:
-            self._refused_links[key] = os.readlink(entry)
-            self._notice_once(key, entry, Code.SYMLINK_SKIPPED, problem)
-            return None
+        if entry.is_symlink() and self._link_refused(key):
+            return None  # checked before has_images reads behind it, and by claim_entry
         try:
             found = scan.has_images(entry, self.extra)
         except PermissionError:
@@ -393,13 +420,20 @@ class Inbox:
                 " claimed once photos appear in it",
             )
             return None
-        batch_id = claim_entry(self.ledger, self.config, entry)
+        try:
+            batch_id = claim_entry(self.ledger, self.config, entry)
+        except LinkOutsideRoots as exc:  # swapped since the check above
+            self._refused_links[key] = os.path.realpath(entry)
+            self._notice_once(key, entry, exc.code, exc.message, about=self._refused_links[key])
+            return None
         self._notified.pop(key, None)
         self.on_queued(batch_id)
         return batch_id
 
     def _claim_loose(self, survey: scan.Survey) -> int | None:
         paths = [self.root / name for name in sorted(survey.files)]
+        # A link refused is not even sniffed: its first bytes are not read.
+        paths = [p for p in paths if not (p.is_symlink() and self._link_refused(p.name))]
         photos = [p for p in paths if scan.is_image_candidate(p)]
         if not photos:
             if survey.files:  # only junk at the top is not worth a word
@@ -416,28 +450,29 @@ class Inbox:
         self.on_queued(batch_id)
         return batch_id
 
-    def _notice_once(self, key: str, entry: Path, code: Code, message: str) -> None:
-        try:
-            content = self._survey(key).files  # junk churn (Finder's .DS_Store) is no news
-        except OSError:
-            content = {}
-        if self._notified.get(key) == (code, content):
+    def _notice_once(
+        self, key: str, entry: Path, code: Code, message: str, about: object = None
+    ) -> None:
+        """Report once per `about`; by default the files under key (junk churn is no news)."""
+        if about is None:
+            try:
+                about = self._survey(key).files
+            except OSError:
+                about = {}
+        if self._notified.get(key) == (code, about):
             return
-        self._notified[key] = (code, content)
+        self._notified[key] = (code, about)
         log.info("%s: %s", code, message)
         self.on_notice(str(code), message, str(entry))
 
-    def _link_problem(self, entry: Path) -> str | None:
-        """Why a dropped link must not be followed, or None if it may."""
-        try:
-            target = entry.resolve(strict=True)
-        except (OSError, RuntimeError):
-            return f"the link '{scan.printable(entry.name)}' is broken"
-        for own in (self.root, self.config.data_dir, self.config.status_dir):
-            own = Path(own).resolve()
-            if target == own or own.is_relative_to(target) or target.is_relative_to(own):
-                return (
-                    f"the link '{scan.printable(entry.name)}' points at {target}, which holds or"
-                    " is inside the daemon's own folders; link a photo folder elsewhere instead"
-                )
-        return None
+    def _link_refused(self, name: str) -> bool:
+        """Judge a top-level link now; a refusal is reported once per place it leads to."""
+        path = self.root / name
+        real = os.path.realpath(path)
+        if self._refused_links.get(name) == real:
+            return True
+        problem = fence.refusal(path, self.config)
+        if problem is not None:
+            self._refused_links[name] = real
+            self._notice_once(name, path, *problem, about=real)
+        return problem is not None

@@ -105,6 +105,26 @@ def recent_errors(ledger: Ledger, limit: int = 50) -> list[ErrorRow]:
     ]
 
 
+def inbox_refusals(ledger: Ledger, codes: list[str]) -> list[ErrorRow]:
+    """Inbox entries whose latest notice has one of `codes`, oldest first.
+
+    Notices about an inbox entry carry no batch; the latest one per entry is
+    what holds for it now (a later claim or another notice replaces it).
+    """
+    marks = ",".join("?" * len(codes))
+    rows = ledger.query(
+        "SELECT e.at, e.code, e.message, e.file, e.batch_id FROM errors e JOIN"
+        " (SELECT MAX(error_id) id FROM errors WHERE batch_id IS NULL AND file IS NOT NULL"
+        "  GROUP BY file) latest ON e.error_id = latest.id"
+        f" WHERE e.code IN ({marks}) ORDER BY e.error_id",
+        codes,
+    )
+    return [
+        ErrorRow(datetime.fromtimestamp(r["at"], UTC), r["code"], r["message"], r["file"], None)
+        for r in rows
+    ]
+
+
 def totals(ledger: Ledger) -> dict[str, int]:
     row = ledger.query(
         "SELECT (SELECT COUNT(*) FROM batches WHERE state != 'claiming') batches,"

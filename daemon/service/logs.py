@@ -14,6 +14,8 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from daemon.redact import redact
+
 current_batch: contextvars.ContextVar[int | None] = contextvars.ContextVar(
     "current_batch", default=None
 )
@@ -32,6 +34,7 @@ class _Formatter(logging.Formatter):
         message = record.getMessage().replace("\n", "\\n")
         if record.exc_info:
             message += " | " + self.formatException(record.exc_info).replace("\n", " | ")
+        message = redact(message)  # a library's error may quote a URL with a password
         if self.journald:
             return f"<{_PRIORITY.get(record.levelname, 6)}>{record.name}{where}: {message}"
         stamp = self.formatTime(record, "%Y-%m-%dT%H:%M:%S")

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from daemon.config import Config, load_config
+from daemon.config import Config, InboxConfig, load_config
 from daemon.errors import DiskFull, ImgtrainError, Interrupted
 from daemon.ingest.claim import recover_claims
 from daemon.ingest.watch import Inbox
@@ -165,14 +165,24 @@ class Service:
         ]
         needs_restart = [
             k
-            for k in ("inbox_dir", "data_dir", "status_dir", "inbox", "status")
+            for k in ("inbox_dir", "data_dir", "status_dir", "status")
             if getattr(new, k) != getattr(self.config, k)
         ]
+        # Link roots and limits apply now (a refused folder is claimed after raising one).
+        inbox = self.config.inbox.model_copy(
+            update={k: getattr(new.inbox, k) for k in InboxConfig.RELOADABLE}
+        )
+        if new.inbox != inbox:
+            needs_restart.append("inbox keys other than link_roots and max_*")
         if needs_restart:
             log.warning("reload: %s change only after a restart", ", ".join(needs_restart))
+        old_inbox = self.config.inbox
         self.config = self.config.model_copy(
-            update={k: getattr(new, k) for k in (*changed, "log_level")}
+            update={k: getattr(new, k) for k in (*changed, "log_level")} | {"inbox": inbox}
         )
+        if inbox != old_inbox:
+            changed.append("inbox")
+            self.inbox.reconfigure(self.config)
         logging.getLogger().setLevel(self.config.log_level)
         if "clip" in changed or "faces" in changed:
             self.models = ModelRegistry(self.config)

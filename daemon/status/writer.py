@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from daemon.redact import redact
 from daemon.status.model import Status, json_schema
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ class StatusWriter:
         """Write the current snapshot now. Returns False if the disk was full."""
         with self._lock:
             status = self._build()
-            data = status.model_dump_json(indent=2).encode() + b"\n"
+            data = redact(status.model_dump_json(indent=2)).encode() + b"\n"
             t0 = time.perf_counter()
             try:
                 atomic_write(self.path, data)

@@ -37,6 +37,7 @@ from daemon.errors import (
     ModelMismatch,
     StoreUnavailable,
 )
+from daemon.redact import redact
 
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI
@@ -98,12 +99,12 @@ def _parse_url(url: str) -> tuple[str, int, bool]:
     parts = urlsplit(url if "://" in url else f"http://{url}")
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(
-            f"store.url {url!r} is not an http(s) URL",
+            f"store.url {redact(url)!r} is not an http(s) URL",
             hint="Write it as http://HOST:PORT (for example http://127.0.0.1:8000).",
         )
     if parts.path not in ("", "/"):
         raise ConfigError(
-            f"store.url {url!r} has a path ({parts.path}); Chroma serves at the root",
+            f"store.url {redact(url)!r} has a path ({parts.path}); Chroma serves at the root",
             hint="Write it as http://HOST:PORT without a path.",
         )
     ssl = parts.scheme == "https"
@@ -119,7 +120,8 @@ class Store:
 
         self._cfg = config.store
         self._path = config.chroma_path
-        self.where = self._cfg.url or str(self._path)
+        # Shown in errors, the log and doctor: never with a password in it.
+        self.where = redact(self._cfg.url) if self._cfg.url else str(self._path)
         settings = Settings(anonymized_telemetry=False)
         with self._guard("connect to"):
             if self._cfg.url:
@@ -130,7 +132,7 @@ class Store:
                     )
                 except ValueError as exc:  # chromadb's "Could not connect to a Chroma server"
                     raise StoreUnavailable(
-                        f"cannot reach the Chroma server at {self._cfg.url}: {exc}"
+                        f"cannot reach the Chroma server at {self.where}: {redact(str(exc))}"
                     ) from exc
             else:
                 self._path.mkdir(parents=True, exist_ok=True)
@@ -149,7 +151,7 @@ class Store:
         try:
             yield
         except (httpx.TransportError, OSError, InternalError) as exc:
-            message = f"could not {doing} the Chroma store at {self.where}: {exc}"
+            message = f"could not {doing} the Chroma store at {self.where}: {redact(str(exc))}"
             # Chroma's Rust core reports a full disk only in its message text.
             if getattr(exc, "errno", None) == errno.ENOSPC or "os error 28" in str(exc):
                 raise DiskFull(message) from exc

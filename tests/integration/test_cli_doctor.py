@@ -114,3 +114,54 @@ def test_a_daemon_in_error_fails(tmp_path, capsys) -> None:
     assert checks["daemon error"]["detail"] == (
         "MODEL_UNAVAILABLE: no CLIP weights -> put them there"
     )
+
+
+def test_folders_others_can_write_are_warned_about(tmp_path, capsys) -> None:
+    for name in ("inbox", "data", "status"):
+        (tmp_path / name).mkdir()
+    cfg = write_config(
+        tmp_path / "config.yaml", {"inbox_dir": "inbox", "data_dir": "data", "status_dir": "status"}
+    )
+    _, checks = doctor(capsys, cfg, "--no-models")
+    assert checks["access"]["level"] == "OK", checks["access"]
+    assert checks["link roots"]["level"] == "OK"
+    assert checks["link roots"]["detail"].startswith("none set: links dropped in the inbox")
+
+    (tmp_path / "inbox").chmod(0o777)  # a shared folder anyone can drop into
+    (tmp_path / "status").chmod(0o1777)
+    code, checks = doctor(capsys, cfg, "--no-models")
+    assert code == 0  # a warning: the daemon works, but trusts too many people
+    detail = checks["access"]["detail"]
+    assert checks["access"]["level"] == "WARN"
+    assert f"the inbox {tmp_path / 'inbox'} is writable by every user (mode 0777)" in detail
+    assert f"chmod o-w {tmp_path / 'inbox'}" in detail
+    assert f"status_dir {tmp_path / 'status'} is writable by every user" in detail
+    assert "data_dir" not in detail
+
+
+def test_link_roots_that_allow_everything_are_warned_about(tmp_path, capsys) -> None:
+    cfg = write_config(tmp_path / "config.yaml", {"inbox": {"link_roots": ["/", "nas"]}})
+    _, checks = doctor(capsys, cfg, "--no-models")
+    assert checks["link roots"]["level"] == "WARN"
+    assert "'/' lets a dropped link lead anywhere" in checks["link roots"]["detail"]
+    (tmp_path / "nas").mkdir()
+    cfg = write_config(tmp_path / "config.yaml", {"inbox": {"link_roots": ["nas", "gone"]}})
+    _, checks = doctor(capsys, cfg, "--no-models")
+    assert checks["link roots"]["level"] == "WARN"
+    assert f"{tmp_path / 'gone'} is not a folder" in checks["link roots"]["detail"]
+
+
+def test_a_password_in_store_url_is_never_shown(tmp_path, capsys) -> None:
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on: the store cannot be reached
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://imgtrain:hunter2@127.0.0.1:{port}"
+    cfg = write_config(tmp_path / "config.yaml", {"store": {"url": url}})
+    for argv in (["--json"], []):
+        code = main(["--config", str(cfg), "doctor", "--no-models", *argv])
+        out = capsys.readouterr()
+        assert code == 1  # the store cannot be reached
+        assert "hunter2" not in out.out + out.err
+        assert f"http://***@127.0.0.1:{port}" in out.out  # the server is still named

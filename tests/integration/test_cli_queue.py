@@ -371,3 +371,43 @@ def test_usage_errors_exit_2_and_a_missing_ledger_is_explained(tmp_path, capsys)
     assert code == 1
     assert f"NOT_FOUND: there is no ledger at {tmp_path / 'nowhere' / 'ledger.sqlite3'}" in err
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_the_list_names_inbox_entries_refused_and_still_there(setup, capsys) -> None:
+    cfg, ledger = setup
+    inbox = cfg.parent / "inbox"
+
+    def notice(name: str, code: str, message: str) -> None:  # as the daemon records one
+        with ledger.transaction() as conn:
+            conn.execute(
+                "INSERT INTO errors(at, file, code, message) VALUES (?,?,?,?)",
+                (time.time(), str(inbox / name), code, message),
+            )
+
+    for name in ("huge", "deep", "was refused"):
+        (inbox / name).mkdir(parents=True)
+    (inbox / "sneaky").symlink_to("/usr/share")
+    notice(
+        "huge", "LIMIT_EXCEEDED", "'huge' holds more than 5 files (inbox.max_files_per_batch: 5)"
+    )
+    notice("sneaky", "LINK_OUTSIDE_ROOTS", "the link 'sneaky' leads to /usr/share, outside")
+    notice("gone", "LIMIT_EXCEEDED", "'gone' holds ...")  # claimed since: no longer in the inbox
+    notice("was refused", "LIMIT_EXCEEDED", "'was refused' holds ...")
+    notice("was refused", "NO_IMAGES", "'was refused' holds no photos (yet)")  # the latest word
+    notice("deep", "NO_IMAGES", "'deep' holds no photos (yet)")
+
+    code, out, _ = cli(capsys, cfg, "queue")
+    assert code == 0 and "No batches yet" in out
+    refused = out[out.index("Refused, left in the inbox (2):") :].splitlines()[1:]
+    assert [line.split(":")[0].strip() for line in refused] == [
+        "LIMIT_EXCEEDED",
+        "LINK_OUTSIDE_ROOTS",
+    ]
+    assert "(inbox.max_files_per_batch: 5)" in refused[0]
+
+    code, out, _ = cli(capsys, cfg, "queue", "--json")
+    data = json.loads(out)
+    assert [(r["code"], r["file"]) for r in data["refused"]] == [
+        ("LIMIT_EXCEEDED", str(inbox / "huge")),
+        ("LINK_OUTSIDE_ROOTS", str(inbox / "sneaky")),
+    ]

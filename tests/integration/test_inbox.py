@@ -184,9 +184,10 @@ def test_folder_moved_in_with_one_rename_is_claimed(harness: Harness, tmp_path: 
     ]
 
 
-def test_loose_files_become_one_batch(harness: Harness, tmp_path: Path) -> None:
+def test_loose_files_become_one_batch(tmp_path: Path, new_harness: Callable[..., Harness]) -> None:
     elsewhere = make_jpeg(tmp_path / "elsewhere" / "linked.jpg", seed=8)
     before = digest_tree(elsewhere.parent)
+    harness = new_harness(link_roots=[str(elsewhere.parent)])
     harness.start()
     for i in range(3):
         make_jpeg(harness.dir / f"loose_{i}.jpg", seed=i)
@@ -220,11 +221,12 @@ def test_daemon_folders_inside_the_inbox_are_refused(tmp_path: Path) -> None:
 
 
 def test_link_to_a_folder_is_claimed_and_its_target_untouched(
-    harness: Harness, tmp_path: Path
+    tmp_path: Path, new_harness: Callable[..., Harness]
 ) -> None:
     target = tmp_path / "nas" / "wedding"
     photos(target, 3)
     before = digest_tree(target)
+    harness = new_harness(link_roots=[str(tmp_path / "nas")])
     harness.start()
     (harness.dir / "wedding").symlink_to(target)
 

@@ -64,9 +64,9 @@ EXPECTED: list[tuple[str, str, str]] = [
     ("loop_a", "SYMLINK_SKIPPED", "links to loop_b, which links back"),
     ("loop_b", "SYMLINK_SKIPPED", "links to loop_a"),
     ("self.jpg", "SYMLINK_SKIPPED", "a link to itself"),
-    ("outside.jpg", "SYMLINK_SKIPPED", "a link to a photo outside the inbox: not followed"),
-    ("outside_dir", "SYMLINK_SKIPPED", "a link to a folder outside the inbox: not followed"),
-    (DEEP, PROCESSED, "64 folders deep"),
+    ("outside.jpg", "LINK_OUTSIDE_ROOTS", "a link to a photo outside the folder: not followed"),
+    ("outside_dir", "LINK_OUTSIDE_ROOTS", "a link to a folder outside the folder: not followed"),
+    (DEEP, PROCESSED, "64 folders deep (inbox.max_depth raised to allow it)"),
     ("readme.txt", LEFT_OUT, "not a photo"),
     (".DS_Store", LEFT_OUT, "Finder junk"),
 ]
@@ -195,7 +195,10 @@ def bad_run(
 
     root = tmp_path_factory.mktemp("bad")
     src, outside, trip = root / "src", root / "outside", root / "outside_trip"
-    cfg = base_config(root, tiny_clip_config, face_pack, inbox={"rescan_seconds": 1.0})
+    # The owner allows links into the outside trip's folder, and nesting deeper than
+    # the default inbox.max_depth (32), so that DEEP is claimed.
+    inbox = {"rescan_seconds": 1.0, "link_roots": [str(trip)], "max_depth": 80}
+    cfg = base_config(root, tiny_clip_config, face_pack, inbox=inbox)
     d = RootlessDaemon(root, cfg)
     try:
         _make_corpus(src / FOLDER, outside)

@@ -55,7 +55,9 @@ def _outside(tmp_path: Path, sandbox: Path) -> dict[str, tuple[object, ...]]:
 
 def test_names_that_try_to_escape_stay_inside_data_batches(make_daemon, tmp_path: Path) -> None:
     sandbox = tmp_path / "sandbox"
-    d: Daemon = make_daemon(root=sandbox, inbox={"rescan_seconds": 1.0})
+    decoy = tmp_path / "decoy"
+    # The owner allows links into the decoy's folder: OUT_LINK is claimed, in place.
+    d: Daemon = make_daemon(root=sandbox, inbox={"rescan_seconds": 1.0, "link_roots": [str(decoy)]})
     staging = tmp_path / "staging"
     for i, name in enumerate(HOSTILE):
         make_jpeg(staging / name / "photo.jpg", size=(160, 120), seed=i)
@@ -63,7 +65,6 @@ def test_names_that_try_to_escape_stay_inside_data_batches(make_daemon, tmp_path
         make_jpeg(staging / "-rf" / name, size=(160, 120), seed=100 + i)
     for i, name in enumerate(HIDDEN):
         make_jpeg(staging / name / "hidden.jpg", size=(160, 120), seed=200 + i)
-    decoy = tmp_path / "decoy"
     make_jpeg(decoy / "decoy.jpg", size=(160, 120), seed=300)
     before = {name: file_states(staging / name) for name in os.listdir(staging)}
     outside_before = _outside(tmp_path, sandbox)

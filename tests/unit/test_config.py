@@ -102,3 +102,44 @@ def test_bad_environment_value_names_key_and_value() -> None:
         load_config(None, environ={"IMGTRAIN_CLIP__BATCH_SIZE": "lots"})
     assert "clip.batch_size" in err.value.message
     assert "'lots'" in err.value.message
+
+
+def test_link_roots_and_limits(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("inbox:\n  link_roots: [nas, /mnt/photos, ~/pictures]\n  max_depth: 8\n")
+    c = load_config(cfg, environ={})
+    assert c.inbox.link_roots == [tmp_path / "nas", Path("/mnt/photos"), Path.home() / "pictures"]
+    assert c.inbox.max_depth == 8
+    (tmp_path / "empty.yaml").write_text("")
+    defaults = load_config(tmp_path / "empty.yaml", environ={}).inbox
+    assert defaults.link_roots == []  # no link is followed until the owner says where
+    assert (defaults.max_files_per_batch, defaults.max_batch_bytes) == (200_000, 2 * 10**12)
+    cfg.write_text("inbox:\n  max_files_per_batch: 0\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg, environ={})
+    assert "inbox.max_files_per_batch" in err.value.message and "(got 0)" in err.value.message
+
+
+def test_a_password_in_a_url_never_reaches_a_config_error(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("store:\n  url: [http://imgtrain:hunter2@chroma:8000]\n")  # a list: invalid
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg, environ={})
+    assert "store.url" in err.value.message
+    assert "hunter2" not in str(err.value) and "http://***@chroma:8000" in err.value.message
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("http://user:pw@host:8000", "http://***@host:8000"),
+        ("cannot reach https://token@h/ now", "cannot reach https://***@h/ now"),
+        ("redis://:pw@r:6379/0 and http://a:b@c", "redis://***@r:6379/0 and http://***@c"),
+        ("mail me: someone@example.org", "mail me: someone@example.org"),
+        ("http://host:8000/path?who=a@b", "http://host:8000/path?who=a@b"),
+    ],
+)
+def test_redact_blanks_the_user_part_of_urls(text: str, shown: str) -> None:
+    from daemon.redact import redact
+
+    assert redact(text) == shown

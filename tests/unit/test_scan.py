@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from daemon.errors import Code
-from daemon.ingest import scan
+from daemon.ingest import listing, scan
 from tests.conftest import make_jpeg
 
 JUNK = [
@@ -114,7 +114,7 @@ def _tree(root: Path) -> Path:
 
 def test_listing_recognises_images_by_content(tmp_path: Path) -> None:
     root = _tree(tmp_path / "trip")
-    files, skipped = scan.list_batch_files(root, [])
+    files, skipped = listing.list_batch_files(root, [])
     by_path = {f.rel_path: f for f in files}
     assert list(by_path) == sorted(by_path)
     assert set(by_path) == {
@@ -134,12 +134,12 @@ def test_listing_recognises_images_by_content(tmp_path: Path) -> None:
     assert by_path["sub/b.jpg"].sha256 == hashlib.sha256(data).hexdigest()
     assert by_path["sub/b.jpg"].size == len(data)
     assert skipped == []
-    assert scan.scan_batch(root, []).ignored == 5  # notes, video, .DS_Store, ._a.jpg, @eaDir
+    assert listing.scan_batch(root, []).ignored == 5  # notes, video, .DS_Store, ._a.jpg, @eaDir
 
 
 def test_configured_ignore_patterns_apply_to_listing(tmp_path: Path) -> None:
     root = _tree(tmp_path / "trip")
-    files, _ = scan.list_batch_files(root, ["fake.*", "sub"])
+    files, _ = listing.list_batch_files(root, ["fake.*", "sub"])
     assert {f.rel_path for f in files} == {"IMG_0003", "a.jpg", "disguised.png", "empty.jpg"}
 
 
@@ -150,18 +150,29 @@ def test_inner_symlinks_are_reported_not_followed(tmp_path: Path) -> None:
     make_jpeg(root / "a.jpg", seed=1)
     (root / "loop").symlink_to(root)
     (root / "self").symlink_to("self")
+    (root / "sibling").symlink_to("a.jpg")
     (root / "escape").symlink_to(outside)
     (root / "passwd.jpg").symlink_to(outside / "secret.jpg")
+    (root / "chain").symlink_to("sibling")  # inside, then inside: still not followed
     before = (outside / "secret.jpg").stat()
 
-    files, skipped = scan.list_batch_files(root, [])
+    files, skipped = listing.list_batch_files(root, [])
 
     assert [f.rel_path for f in files] == ["a.jpg"]
     assert {(s.rel_path, s.code) for s in skipped} == {
-        (name, Code.SYMLINK_SKIPPED) for name in ("escape", "loop", "passwd.jpg", "self")
+        *((name, Code.SYMLINK_SKIPPED) for name in ("chain", "loop", "self", "sibling")),
+        *((name, Code.LINK_OUTSIDE_ROOTS) for name in ("escape", "passwd.jpg")),
     }
+    outside_note = next(s.message for s in skipped if s.rel_path == "escape")
+    assert str(outside) in outside_note and "inbox.link_roots" in outside_note
     assert (outside / "secret.jpg").stat().st_mtime_ns == before.st_mtime_ns
-    assert set(scan.snapshot(root, [])) == {"a.jpg", "escape", "loop", "passwd.jpg", "self"}
+    assert set(scan.snapshot(root, [])) == {
+        *("a.jpg", "escape", "loop", "passwd.jpg", "self", "sibling", "chain")
+    }
+    # Into an allowed root a link is no escape, but an inner link is still not followed.
+    files, skipped = listing.list_batch_files(root, [], link_roots=[str(outside)])
+    assert [f.rel_path for f in files] == ["a.jpg"]
+    assert {s.code for s in skipped} == {Code.SYMLINK_SKIPPED}
 
 
 def test_a_dropped_link_to_a_folder_is_followed_at_the_top_only(tmp_path: Path) -> None:
@@ -172,9 +183,90 @@ def test_a_dropped_link_to_a_folder_is_followed_at_the_top_only(tmp_path: Path) 
     link.parent.mkdir()
     link.symlink_to(target)
     assert set(scan.snapshot(link, [])) == {"a.jpg", "back"}
-    files, skipped = scan.list_batch_files(link, [])
+    files, skipped = listing.list_batch_files(link, [])
     assert [f.rel_path for f in files] == ["a.jpg"]
-    assert [s.code for s in skipped] == [Code.SYMLINK_SKIPPED]
+    assert [s.code for s in skipped] == [Code.LINK_OUTSIDE_ROOTS]  # out of the linked folder
+
+
+def test_loose_links_are_read_only_inside_the_link_roots(tmp_path: Path) -> None:
+    allowed, elsewhere = tmp_path / "nas", tmp_path / "private"
+    make_jpeg(allowed / "ok.jpg", seed=1)
+    make_jpeg(elsewhere / "secret.jpg", seed=2)
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    (loose / "ok.jpg").symlink_to(allowed / "ok.jpg")
+    (loose / "secret.jpg").symlink_to(elsewhere / "secret.jpg")
+    (loose / "hop.jpg").symlink_to(loose / "secret.jpg")  # a chain that ends outside
+    files, skipped = listing.list_batch_files(
+        loose, [], follow_top_links=True, link_roots=[str(allowed)]
+    )
+    assert [f.rel_path for f in files] == ["ok.jpg"]
+    assert files[0].sha256 == hashlib.sha256((allowed / "ok.jpg").read_bytes()).hexdigest()
+    assert {(s.rel_path, s.code) for s in skipped} == {
+        ("hop.jpg", Code.LINK_OUTSIDE_ROOTS),
+        ("secret.jpg", Code.LINK_OUTSIDE_ROOTS),
+    }
+
+
+@pytest.mark.parametrize(
+    ("path", "folders", "inside"),
+    [
+        ("/mnt/photos", ["/mnt/photos"], True),
+        ("/mnt/photos/2024/a.jpg", ["/srv", "/mnt/photos"], True),
+        ("/mnt/photosecret", ["/mnt/photos"], False),  # a prefix is not a parent
+        ("/mnt", ["/mnt/photos"], False),
+        ("/usr/share", [], False),
+        ("/anything", ["/"], True),
+    ],
+)
+def test_is_within_compares_whole_components(path: str, folders: list[str], inside: bool) -> None:
+    assert scan.is_within(path, folders) is inside
+
+
+# -- limits: a survey stops at the first entry over one ----------------------------------
+
+LIMITS = scan.Limits(files=1000, depth=4, bytes=10**9)
+
+
+def test_a_survey_stops_counting_at_the_file_limit(tmp_path: Path) -> None:
+    root = tmp_path / "huge"
+    for i in range(50):
+        sub = root / f"d{i:02d}"
+        sub.mkdir(parents=True)
+        for j in range(100):
+            (sub / f"{j:03d}.jpg").write_bytes(b"x")  # 5,050 entries in all
+    survey = scan.survey(root, [], LIMITS)
+    assert survey.over is not None and survey.over.key == "inbox.max_files_per_batch"
+    assert survey.over.limit == 1000 and "1,000" in survey.over.what
+    assert survey.seen == LIMITS.files + 1  # the walk stopped at the first entry over
+    assert len(survey.files) < LIMITS.files
+    unbounded = scan.survey(root, [])
+    assert unbounded.over is None and unbounded.seen == 5050
+
+
+def test_a_survey_stops_at_the_first_folder_too_deep(tmp_path: Path) -> None:
+    root = tmp_path / "deep"
+    deep = root
+    for i in range(40):
+        deep = deep / f"l{i}"
+    make_jpeg(deep / "bottom.jpg", seed=1)
+    survey = scan.survey(root, [], LIMITS)
+    assert survey.over is not None and survey.over.key == "inbox.max_depth"
+    assert "l0/l1/l2/l3/l4" in survey.over.what
+    assert survey.seen == LIMITS.depth + 1  # four folders entered, the fifth not
+    ok = scan.survey(root, [], scan.Limits(files=1000, depth=40, bytes=10**9))
+    assert ok.over is None and "/bottom.jpg" in next(iter(ok.files))
+
+
+def test_a_survey_stops_once_the_bytes_add_up_over_the_limit(tmp_path: Path) -> None:
+    root = tmp_path / "big"
+    root.mkdir()
+    for i in range(20):
+        (root / f"{i:02d}.jpg").write_bytes(bytes(1000))
+    survey = scan.survey(root, [], scan.Limits(files=1000, depth=4, bytes=4_500))
+    assert survey.over is not None and survey.over.key == "inbox.max_batch_bytes"
+    assert survey.seen == 6  # 5,000 bytes after five files: the sixth entry is not looked at
+    assert scan.survey(root, [], scan.Limits(1000, 4, 20_000)).over is None
 
 
 def test_deeply_nested_photos_are_found(tmp_path: Path) -> None:
@@ -182,7 +274,7 @@ def test_deeply_nested_photos_are_found(tmp_path: Path) -> None:
     for i in range(30):
         deep = deep / f"level{i:02d}"
     make_jpeg(deep / "deep.jpg", seed=4)
-    files, _ = scan.list_batch_files(tmp_path / "trip", [])
+    files, _ = listing.list_batch_files(tmp_path / "trip", [])
     assert len(files) == 1
     assert files[0].rel_path.count("/") == 30
     assert files[0].rel_path.endswith("level29/deep.jpg")
@@ -219,7 +311,7 @@ def test_undecodable_file_names_are_reported(tmp_path: Path) -> None:
     make_jpeg(root / "a.jpg", seed=1)
     bad = os.fsdecode(b"caf\xe9.jpg")  # Latin-1 name from an old camera card
     make_jpeg(root / bad, seed=2)
-    files, skipped = scan.list_batch_files(root, [])
+    files, skipped = listing.list_batch_files(root, [])
     assert [f.rel_path for f in files] == ["a.jpg"]
     assert [s.code for s in skipped] == [Code.UNREADABLE_IMAGE]
     skipped[0].rel_path.encode("utf-8")  # storable as text
@@ -270,7 +362,7 @@ def test_unreadable_files_are_skipped_and_the_rest_listed(tmp_path: Path) -> Non
     make_jpeg(root / "closed" / "c.jpg", seed=3)
     (root / "closed").chmod(0)
     try:
-        files, skipped = _as_unprivileged(lambda: scan.list_batch_files(root, []))  # type: ignore[misc]
+        files, skipped = _as_unprivileged(lambda: listing.list_batch_files(root, []))  # type: ignore[misc]
     finally:
         (root / "closed").chmod(0o755)
     assert [f.rel_path for f in files] == ["a.jpg"]
