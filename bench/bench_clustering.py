@@ -201,8 +201,9 @@ def bench_naive(pools: list[int], dims: list[int]) -> list[dict]:
 def bench_phase(n: int, batches: int = 3) -> dict:
     """The real phase with SQLite and an embedded ChromaDB holding n faces."""
     from daemon.ledger.ledger import Ledger
+    from daemon.people.recluster import recluster_all
     from daemon.phases.base import BatchInfo, PhaseContext
-    from daemon.phases.clustering import ClusteringPhase, recluster_all
+    from daemon.phases.clustering import ClusteringPhase
     from daemon.store.chroma import Store
 
     out: dict[str, Any] = {"library": n}

@@ -236,7 +236,7 @@ class Doctor:
             return
         try:
             ledger = render.open_ledger(config)
-            check = ledger.query("PRAGMA quick_check")[0][0]
+            check = ledger.db.integrity()
             counts = ledger.queue_counts()
             paused = ledger.is_paused()
             ledger.close()

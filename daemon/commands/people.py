@@ -20,6 +20,7 @@ from daemon.config import Config
 from daemon.errors import InvalidState, NotFound
 from daemon.ledger.ledger import Ledger
 from daemon.people import operations as people
+from daemon.people.recluster import recluster_all
 
 SHEET_LIMIT = 48
 
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
                 args.json,
             )
         if action == "recluster":
-            res = people.recluster(ledger, store, config)
+            res = recluster_all(ledger, store, config)
             return _changed(
                 f"reclustered {res.faces} unnamed faces in {res.seconds:.1f} s: clusters"
                 f" {res.clusters_before} -> {res.clusters_after} ({res.kept} kept,"
@@ -132,10 +133,7 @@ def _face_id(ledger: Ledger, text: str) -> str:
             f"{text!r} is not a face id",
             hint="Face ids look like 3f2a9c1e4b5d:0; `imgtrain people show NAME` lists them.",
         )
-    rows = ledger.query(
-        "SELECT face_id FROM faces WHERE face_id LIKE ? ESCAPE '\\'",
-        (sha.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + f"%:{n}",),
-    )
+    rows = ledger.faces.matching(sha, n)
     if len(rows) > 1:
         raise InvalidState(
             f"{text!r} matches {len(rows)} faces",
@@ -146,7 +144,7 @@ def _face_id(ledger: Ledger, text: str) -> str:
             f"there is no face {text!r}",
             hint="Face ids are listed by `imgtrain people show NAME_OR_CLUSTER`.",
         )
-    return str(rows[0]["face_id"])
+    return rows[0]
 
 
 # -- output ---------------------------------------------------------------------------
@@ -209,9 +207,7 @@ def _changed(message: str, obj: Any, as_json: bool) -> int:
 def _list(ledger: Ledger, as_json: bool) -> int:
     named = people.list_people(ledger)
     clusters = people.list_clusters(ledger, unnamed_only=True)
-    loose = ledger.query(
-        "SELECT COUNT(*) n FROM faces WHERE person_id IS NULL AND cluster_id IS NULL"
-    )[0]["n"]
+    loose = ledger.faces.count_unplaced()
     if as_json:
         render.print_json(
             {

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from daemon.ledger.db import Database
+from daemon.ledger.errorlog import ErrorLog
 from daemon.ledger.rows import batch_from_row
 from daemon.vocab import (
     PHASES,
@@ -27,8 +28,9 @@ from daemon.vocab import (
 class Claims:
     """Reserve, record, fail and list the batches being claimed."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, errors: ErrorLog) -> None:
         self.db = db
+        self.errors = errors
 
     def reserve_batch(self, name: str, kind: str, sources: list[str]) -> int:
         """Reserve a batch id before anything moves, so a crash mid-claim is recoverable."""
@@ -84,10 +86,7 @@ class Claims:
                         ),
                     )
             for skip in skipped:
-                conn.execute(
-                    "INSERT INTO errors(at, batch_id, file, code, message) VALUES (?,?,?,?,?)",
-                    (now, batch_id, skip.rel_path, skip.code, skip.message),
-                )
+                self.errors.add(skip.rel_path, skip.code, skip.message, batch_id=batch_id, at=now)
             for phase in PHASES:
                 conn.execute(
                     "INSERT OR REPLACE INTO batch_phases(batch_id, phase, state) VALUES (?,?,?)",

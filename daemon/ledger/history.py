@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from daemon.ledger.errorlog import ErrorRow
 from daemon.ledger.ledger import Ledger
 
 
@@ -79,30 +80,8 @@ def last_finished_batch(ledger: Ledger) -> int | None:
     return int(row[0]["batch_id"]) if row else None
 
 
-@dataclass(frozen=True)
-class ErrorRow:
-    at: datetime
-    code: str
-    message: str
-    file: str | None
-    batch_id: int | None
-
-
 def recent_errors(ledger: Ledger, limit: int = 50) -> list[ErrorRow]:
-    rows = ledger.query(
-        "SELECT at, code, message, file, batch_id FROM errors ORDER BY error_id DESC LIMIT ?",
-        (limit,),
-    )
-    return [
-        ErrorRow(
-            at=datetime.fromtimestamp(r["at"], UTC),
-            code=r["code"],
-            message=r["message"],
-            file=r["file"],
-            batch_id=r["batch_id"],
-        )
-        for r in rows
-    ]
+    return ledger.errors.recent(limit)
 
 
 def inbox_refusals(ledger: Ledger, codes: list[str]) -> list[ErrorRow]:

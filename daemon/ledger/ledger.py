@@ -19,7 +19,11 @@ from typing import Any
 
 from daemon.errors import InvalidState, NotFound
 from daemon.ledger.claims import Claims
+from daemon.ledger.clusters import Clusters
 from daemon.ledger.db import Database
+from daemon.ledger.errorlog import ErrorLog
+from daemon.ledger.faces import Faces
+from daemon.ledger.people import People
 from daemon.ledger.rows import batch_from_row
 from daemon.vocab import (
     BATCH_PHASES,
@@ -38,7 +42,11 @@ class Ledger:
     def __init__(self, path: Path) -> None:
         self.db = Database(path)
         self.path = self.db.path
-        self.claims = Claims(self.db)
+        self.errors = ErrorLog(self.db)
+        self.claims = Claims(self.db, self.errors)
+        self.faces = Faces(self.db)
+        self.clusters = Clusters(self.db)
+        self.people = People(self.db)
 
     # -- the database, for the package's other table APIs -------------------
     @property
@@ -259,17 +267,13 @@ class Ledger:
                     rel = conn.execute(
                         "SELECT rel_path FROM images WHERE image_id=?", (o.image_id,)
                     ).fetchone()
-                    conn.execute(
-                        "INSERT INTO errors(at, batch_id, image_id, file, code, message)"
-                        " VALUES (?,?,?,?,?,?)",
-                        (
-                            now,
-                            batch_id,
-                            o.image_id,
-                            rel and rel["rel_path"],
-                            o.error_code,
-                            o.message,
-                        ),
+                    self.errors.add(
+                        rel and rel["rel_path"],
+                        o.error_code,
+                        o.message,
+                        batch_id=batch_id,
+                        image_id=o.image_id,
+                        at=now,
                     )
 
     def set_batch_phase(
@@ -318,7 +322,4 @@ class Ledger:
                 (state, time.time(), seconds, error_code, error_message, batch_id),
             )
             if error_code:
-                conn.execute(
-                    "INSERT INTO errors(at, batch_id, code, message) VALUES (?,?,?,?)",
-                    (time.time(), batch_id, error_code, error_message or error_code),
-                )
+                self.errors.add(None, error_code, error_message or error_code, batch_id=batch_id)

@@ -1,9 +1,11 @@
-"""Rows of the ledger's tables turned into the shared records of `daemon.vocab`."""
+"""Rows of the ledger's tables as the records of `daemon.vocab`; vectors as the bytes it stores."""
 
 from __future__ import annotations
 
 import json
 import sqlite3
+
+import numpy as np
 
 from daemon.vocab import Batch, BatchState
 
@@ -26,3 +28,12 @@ def batch_from_row(row: sqlite3.Row) -> Batch:
         error_message=row["error_message"],
         cancel_requested=bool(row["cancel_requested"]),
     )
+
+
+def blob(vector: np.ndarray) -> bytes:
+    """A vector as the ledger stores it (centroids, prototypes): raw float32."""
+    return np.asarray(vector, dtype=np.float32).tobytes()
+
+
+def unblob(data: bytes) -> np.ndarray:
+    return np.frombuffer(data, dtype=np.float32).copy()

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from contextlib import closing
 from typing import Any
 
+from daemon.ledger.faces import NewFace
 from daemon.phases.base import BatchInfo, DecodedImage, PhaseContext, Report
 from daemon.vocab import ImageOutcome, ImageState, PhaseName
 
@@ -84,16 +84,12 @@ class FacesPhase:
         # Vectors first, ledger rows second: a crash in between repeats an
         # idempotent upsert; the reverse could leave rows without vectors.
         self.store.upsert_faces(ids, np.stack([f.embedding for f in faces]), metadatas)
-        now = time.time()
-        with self.ledger.transaction() as conn:
-            conn.executemany(
-                "INSERT OR IGNORE INTO faces(face_id, sha256, image_id, batch_id, det_score, area,"
-                " created_at) VALUES (?,?,?,?,?,?,?)",
-                [
-                    (fid, d.sha256, d.image_id, batch.batch_id, float(f.score), float(f.area), now)
-                    for fid, f in zip(ids, faces, strict=True)
-                ],
-            )
+        self.ledger.faces.add(
+            batch.batch_id,
+            d.image_id,
+            d.sha256,
+            [NewFace(fid, f.score, f.area) for fid, f in zip(ids, faces, strict=True)],
+        )
 
     def cleanup(self) -> None:
         """Models stay loaded between batches."""

@@ -121,11 +121,7 @@ class Service:
     def _on_notice(self, code: str, message: str, file: str) -> None:
         log.warning("%s: %s (%s)", code, message, file)
         try:
-            with self.ledger.transaction() as conn:
-                conn.execute(
-                    "INSERT INTO errors(at, file, code, message) VALUES (?,?,?,?)",
-                    (time.time(), file, code, message),
-                )
+            self.ledger.errors.add(file, code, message)
         except DiskFull:  # the status file may well be on another disk: say it there
             self.progress.note_error(code, message, file)
         self.writer.poke()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +19,13 @@ import pytest
 
 from daemon.config import Config
 from daemon.imaging.decode import decode
+from daemon.ledger.faces import NewFace
 from daemon.ledger.ledger import Ledger
 from daemon.models import ModelRegistry
 from daemon.people.operations import name_cluster
+from daemon.people.recluster import recluster_all
 from daemon.phases.base import BatchInfo, DecodedImage, PhaseContext
-from daemon.phases.clustering import ClusteringPhase, recluster_all
+from daemon.phases.clustering import ClusteringPhase
 from daemon.phases.faces import FacesPhase
 from daemon.store.chroma import Store
 from daemon.vocab import FileEntry
@@ -252,15 +253,8 @@ def stranger_batch(lib: Library, n: int, seed: int) -> BatchInfo:
     meta = {"batch_id": bid, "person": "", "cluster": "", "suggested_person": ""}
     lib.store.upsert_faces(ids, vectors, [{**meta, "image_id": s} for s in shas])
     images = {r["sha256"]: r["image_id"] for r in lib.ledger.query("SELECT * FROM images")}
-    with lib.ledger.transaction() as conn:
-        conn.executemany(
-            "INSERT INTO faces(face_id, sha256, image_id, batch_id, det_score, area, created_at)"
-            " VALUES (?,?,?,?,?,?,?)",
-            [
-                (f, s, images[s], bid, 0.8, 900.0, time.time())
-                for f, s in zip(ids, shas, strict=True)
-            ],
-        )
+    for f, s in zip(ids, shas, strict=True):
+        lib.ledger.faces.add(bid, images[s], s, [NewFace(f, 0.8, 900.0)])
     lib.truth.update({f: "stranger" for f in ids})
     return BatchInfo(bid, f"strangers{seed}", Path("x"))
 

@@ -9,7 +9,6 @@ real clustering phase.
 from __future__ import annotations
 
 import hashlib
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import pytest
 
 from daemon.config import Config
 from daemon.errors import Code, InsufficientData, InvalidState, NotFound
+from daemon.ledger.faces import NewFace
 from daemon.ledger.ledger import Ledger
 from daemon.people.operations import (
     list_clusters,
@@ -73,15 +73,8 @@ class Lib:
             for p in photos
         ]  # fmt: skip
         self.store.upsert_faces(ids, vectors, metas)
-        with self.ledger.transaction() as conn:
-            conn.executemany(
-                "INSERT INTO faces(face_id, sha256, image_id, batch_id, det_score, area,"
-                " created_at) VALUES (?,?,?,?,?,?,?)",
-                [
-                    (f, shas[p], image[shas[p]], bid, 0.9, 10000.0, time.time())
-                    for f, p in zip(ids, photos, strict=True)
-                ],
-            )
+        for f, p in zip(ids, photos, strict=True):
+            self.ledger.faces.add(bid, image[shas[p]], shas[p], [NewFace(f, 0.9, 10000.0)])
         self.phase.run(BatchInfo(bid, name, Path(name)), lambda n: None, lambda t: None)
         return ids
 
