@@ -43,8 +43,8 @@ from daemon.people.engine import (  # noqa: E402
     Params,
     find_groups,
     plan_batch,
-    recluster,
 )
+from daemon.people.rebuild import recluster  # noqa: E402
 
 DIM = 128
 IDENTITIES = 3000

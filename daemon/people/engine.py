@@ -25,15 +25,13 @@ to `samples` other members, unlinked pieces come apart, one face per photo
 stays (the one nearest the centroid), and what has fewer than
 `min_cluster_size` faces dissolves back into the pool.
 
-`recluster` is the full rebuild: all unnamed faces replayed in chronological
-chunks through the same steps with an unbounded pool, then the new groups
-take the old cluster ids they overlap most.
+The pool kept between batches is `daemon.people.pool`; the full rebuild,
+`daemon.people.rebuild`.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -396,96 +394,3 @@ def plan_batch(
     rest = attach(batch, rest, clusters, params, plan)
     group_unknown(batch, rest, pool, clusters, params, plan)
     return plan
-
-
-class PoolCache:
-    """The pool's vectors, kept between batches so a batch fetches only the new ones.
-
-    The pool is the `pool_max` most recent noise faces. Older noise stays noise
-    until a full recluster (`recluster`), the only step whose cost grows with
-    the library.
-    """
-
-    def __init__(self, pool_max: int) -> None:
-        self.pool_max = pool_max
-        self._known: dict[str, tuple[str, float, np.ndarray]] = {}
-
-    def __len__(self) -> int:
-        return len(self._known)
-
-    def sync(
-        self,
-        rows: list[tuple[str, str, float]],
-        fetch: Callable[[list[str]], dict[str, np.ndarray]],
-        dim: int,
-    ) -> FaceSet:
-        """The pool for `rows` ((face_id, photo, quality), most recent first).
-
-        `fetch(ids)` returns the vectors it finds; a face without one is left out.
-        """
-        rows = rows[: self.pool_max]
-        missing = [fid for fid, _, _ in rows if fid not in self._known]
-        got = fetch(missing) if missing else {}
-        known: dict[str, tuple[str, float, np.ndarray]] = {}
-        for fid, photo, q in rows:
-            if fid in self._known:
-                known[fid] = self._known[fid]
-            elif fid in got:
-                known[fid] = (photo, q, normalise(got[fid]))
-        self._known = known
-        if not known:
-            return FaceSet.empty(dim)
-        return FaceSet(
-            list(known),
-            [v[0] for v in known.values()],
-            np.asarray([v[1] for v in known.values()]),
-            np.stack([v[2] for v in known.values()]),
-        )
-
-
-def overlap_ids(new: dict[str, int], old: dict[str, int]) -> dict[int, int]:
-    """{new group key: old cluster id}, greedily by the largest shared face count."""
-    counts = Counter((n, old[f]) for f, n in new.items() if f in old)
-    mapping: dict[int, int] = {}
-    used: set[int] = set()
-    for (n, o), _c in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0][1], kv[0][0])):
-        if n not in mapping and o not in used:
-            mapping[n] = o
-            used.add(o)
-    return mapping
-
-
-def recluster(
-    faces: FaceSet, old: dict[str, int], params: Params, chunk: int = RECLUSTER_CHUNK
-) -> tuple[dict[str, int], dict[int, Group]]:
-    """Rebuild the clusters of `faces` (in chronological order) from scratch.
-
-    Returns ({face: cluster key}, {key: group}): a group's key is the old
-    cluster id it shares most faces with (`old`: face -> old cluster id), else
-    -1, -2, ... for the caller to replace with fresh ids.
-    """
-    clusters: list[Group] = []
-    assigned: dict[str, int] = {}
-    noise = np.zeros(0, dtype=np.int64)
-    for start in range(0, len(faces), chunk):
-        part = np.arange(start, min(start + chunk, len(faces)))
-        plan = plan_batch(faces.take(part), faces.take(noise), [], clusters, params)
-        known = {g.key for g in clusters}
-        clusters += [g for k, g in sorted(plan.clusters.items(), reverse=True) if k not in known]
-        assigned.update(plan.cluster)
-        noise = np.asarray(
-            [i for i in [*noise.tolist(), *part.tolist()] if faces.ids[i] not in assigned],
-            dtype=np.int64,
-        )
-    mapping = overlap_ids(assigned, old)
-    final: dict[int, int] = {}
-    fresh = 0
-    for group in sorted(clusters, key=lambda g: -g.key):
-        if group.key in mapping:
-            final[group.key] = mapping[group.key]
-        else:
-            fresh -= 1
-            final[group.key] = fresh
-    for group in clusters:
-        group.key = final[group.key]
-    return {f: final[k] for f, k in assigned.items()}, {g.key: g for g in clusters}

@@ -13,8 +13,9 @@ from typing import Any
 
 from daemon.errors import InvalidState
 from daemon.ledger.ledger import Ledger
-from daemon.people.engine import Params, recluster
+from daemon.people.engine import Params
 from daemon.people.library import face_set, fetch_vectors, mirror_faces, write_clusters
+from daemon.people.rebuild import recluster
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,6 @@ from daemon.people.engine import (
     Group,
     Params,
     Plan,
-    PoolCache,
     attach,
     group_unknown,
     match_people,
@@ -43,6 +42,7 @@ from daemon.people.library import (
     unnamed_clusters,
     write_clusters,
 )
+from daemon.people.pool import PoolCache
 from daemon.phases.base import BatchInfo, PhaseContext, Report
 from daemon.vocab import PhaseName
 

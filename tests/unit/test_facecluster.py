@@ -9,11 +9,11 @@ from daemon.people.engine import (
     FaceSet,
     Group,
     Params,
-    PoolCache,
     find_groups,
     plan_batch,
-    recluster,
 )
+from daemon.people.pool import PoolCache
+from daemon.people.rebuild import recluster
 
 DIM = 128
 

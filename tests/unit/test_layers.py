@@ -21,6 +21,7 @@ LAYERS: dict[str, int] = {
     "vocab": 0,
     "errors": 0,
     "humanize": 0,
+    "redact": 0,
     "config": 1,
     "ledger": 2,
     "imaging": 3,
