@@ -29,27 +29,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from watchdog.events import (
-    DirCreatedEvent,
-    DirDeletedEvent,
-    DirModifiedEvent,
-    DirMovedEvent,
-    FileClosedEvent,
-    FileCreatedEvent,
-    FileDeletedEvent,
-    FileModifiedEvent,
-    FileMovedEvent,
-    FileSystemEvent,
-    FileSystemEventHandler,
-)
-from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
-from watchdog.observers.polling import PollingObserver
 
 from daemon.config import Config
-from daemon.errors import Code, ConfigError, DiskFull, LinkOutsideRoots
+from daemon.errors import Code, DiskFull, LinkOutsideRoots
 from daemon.ingest import fence, scan
 from daemon.ingest.claim import ClaimRefused, claim_entry, claim_loose, recover_claims
+from daemon.ingest.events import check_layout, start_observer
 from daemon.ingest.settle import Fingerprint, StabilityTracker
 from daemon.ledger.ledger import Ledger
 
@@ -59,60 +45,6 @@ log = logging.getLogger("imgtrain.inbox")
 # keeps it apart from any real file name (a folder may well be called "<loose>").
 LOOSE = "<loose>/"
 MIN_SLEEP = 0.05  # seconds: the scanner never wakes more often than this
-
-# Only events that mean "something was written": opening or reading files
-# (our own hashing included) must not look like activity.
-WRITE_EVENTS: list[type[FileSystemEvent]] = [
-    FileCreatedEvent,
-    DirCreatedEvent,
-    FileModifiedEvent,
-    DirModifiedEvent,
-    FileMovedEvent,
-    DirMovedEvent,
-    FileDeletedEvent,
-    DirDeletedEvent,
-    FileClosedEvent,
-]
-
-
-# -- the watcher ------------------------------------------------------------------
-
-
-def _check_layout(config: Config, inbox: Path) -> None:
-    """Create the inbox and batches folders, refusing layouts that cannot work."""
-    for key in ("data_dir", "status_dir"):
-        own = Path(getattr(config, key))
-        if own.resolve().is_relative_to(inbox.resolve()):
-            raise ConfigError(
-                f"{key} ({own}) is inside inbox_dir ({inbox}): the daemon would claim its own"
-                " files as photos",
-                hint=f"Move {key} out of the inbox.",
-            )
-    inbox.mkdir(parents=True, exist_ok=True)
-    config.batches_dir.mkdir(parents=True, exist_ok=True)
-    if os.stat(inbox).st_dev != os.stat(config.batches_dir).st_dev:
-        raise ConfigError(
-            f"inbox_dir ({inbox}) and data_dir ({config.data_dir}) are on different"
-            " filesystems: claiming moves each dropped folder with one rename, which only"
-            " works within one filesystem",
-            hint="Put data_dir on the same filesystem (or network share) as inbox_dir.",
-        )
-
-
-class _Events(FileSystemEventHandler):
-    """Runs on watchdog's thread: note the top-level entry, nothing else."""
-
-    def __init__(self, root: Path, note: Callable[[str], None]) -> None:
-        self._prefix = os.fspath(root) + os.sep
-        self._note = note
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        for raw in (event.src_path, event.dest_path):
-            path = os.fsdecode(raw) if raw else ""
-            if path.startswith(self._prefix):
-                name = path[len(self._prefix) :].split(os.sep, 1)[0]
-                if name:
-                    self._note(name)
 
 
 class Inbox:
@@ -135,7 +67,7 @@ class Inbox:
         self.on_notice = on_notice
         self.root = Path(os.path.abspath(config.inbox_dir))
         self.extra = list(config.inbox.ignore)
-        _check_layout(config, self.root)
+        check_layout(config, self.root)
         self.tracker = StabilityTracker(config.inbox.settle_seconds)
         self._lock = threading.Lock()
         self._touched: dict[str, float] = {}  # top-level name -> time of its latest event
@@ -157,7 +89,7 @@ class Inbox:
     def start(self) -> None:
         """Watch, then scan what is already there, then tick on the scanner thread."""
         self._stop.clear()
-        self._observer = self._start_observer()
+        self._observer = start_observer(self.root, self.config.inbox, self._note)
         self._rescan(time.monotonic())
         self._thread = threading.Thread(target=self._run, name="imgtrain-inbox", daemon=True)
         self._thread.start()
@@ -181,21 +113,6 @@ class Inbox:
         """New link roots and limits (a reload): entries they refused are looked at again."""
         with self._lock:
             self._new_config = config
-
-    def _start_observer(self) -> BaseObserver:
-        handler = _Events(self.root, self._note)
-        if not self.config.inbox.polling:
-            try:
-                return self._watch(Observer(), handler)
-            except OSError as exc:  # usually fs.inotify.max_user_watches or _instances
-                log.warning("inotify unavailable (%s); polling %s instead", exc, self.root)
-        poll = max(1.0, self.config.inbox.scan_interval_seconds)
-        return self._watch(PollingObserver(timeout=poll), handler)
-
-    def _watch(self, observer: BaseObserver, handler: _Events) -> BaseObserver:
-        observer.schedule(handler, str(self.root), recursive=True, event_filter=WRITE_EVENTS)
-        observer.start()
-        return observer
 
     def _note(self, name: str) -> None:
         at = time.monotonic()
