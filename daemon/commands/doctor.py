@@ -26,7 +26,7 @@ from typing import Any
 
 from rich.text import Text
 
-from daemon.commands import access, render
+from daemon.commands import access, context, render
 from daemon.config import Config, load_config, resolve_config_path
 from daemon.errors import ConfigError, ImgtrainError
 
@@ -235,7 +235,7 @@ class Doctor:
             self.add("ledger", Level.WARN, f"{path} does not exist yet; the daemon creates it")
             return
         try:
-            ledger = render.open_ledger(config)
+            ledger = context.open_ledger(config)
             check = ledger.db.integrity()
             counts = ledger.queue_counts()
             paused = ledger.is_paused()

@@ -15,7 +15,7 @@ from typing import Any
 
 from rich.table import Table
 
-from daemon.commands import render
+from daemon.commands import context, render
 from daemon.config import Config
 from daemon.errors import InvalidState, NotFound
 from daemon.ledger.ledger import Ledger
@@ -61,8 +61,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = render.load(args)
-    ledger = render.open_ledger(config)
+    config = context.load(args)
+    ledger = context.open_ledger(config)
     try:
         action = args.action or "list"
         if action == "list":

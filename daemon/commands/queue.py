@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from daemon.commands import render
+from daemon.commands import context, render
 from daemon.config import Config
 from daemon.errors import Code, ImgtrainError
 from daemon.ledger import admin as queue_admin
@@ -78,8 +78,8 @@ def _days(text: str) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = render.load(args)
-    ledger = render.open_ledger(config)
+    config = context.load(args)
+    ledger = context.open_ledger(config)
     try:
         action = args.action or "list"
         if action == "list":

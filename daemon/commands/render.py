@@ -1,4 +1,4 @@
-"""Shared pieces of the read commands: config and ledger opening, JSON output, formatting.
+"""Shared output of the read commands: the console, JSON, bars and states.
 
 (`duration`, `iso`, `local_time` and `size` are `daemon.humanize`'s, offered here too.)
 
@@ -22,10 +22,7 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
-from daemon.config import Config, load_config
-from daemon.errors import NotFound
 from daemon.humanize import duration, iso, local_time, size
-from daemon.ledger.ledger import Ledger
 from daemon.redact import redact
 
 PIPE_WIDTH = 200
@@ -73,21 +70,6 @@ def add_json_flag(parser: argparse.ArgumentParser, *, sub: bool = False) -> None
         default=argparse.SUPPRESS if sub else False,
         help="print JSON for scripts instead of text",
     )
-
-
-def load(args: argparse.Namespace) -> Config:
-    return load_config(Path(args.config) if args.config else None)
-
-
-def open_ledger(config: Config) -> Ledger:
-    """The daemon's ledger. A missing one is an error: opening would create an empty one."""
-    if not config.ledger_path.exists():
-        raise NotFound(
-            f"there is no ledger at {config.ledger_path}",
-            hint="Start the daemon once (`imgtrain run` or `systemctl start imgtrain`),"
-            " or pass the daemon's config with --config.",
-        )
-    return Ledger(config.ledger_path)
 
 
 def plain(value: Any) -> Any:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from daemon.commands import render
+from daemon.commands import context, render
 from daemon.errors import NotFound
 
 
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
     if args.text is not None and not args.text.strip():
         args.parser.error("the search text is empty")
     render.quiet_logs()
-    config = render.load(args)
+    config = context.load(args)
     from daemon.models import ModelRegistry
     from daemon.store.chroma import Store
     from daemon.store.search import search, search_image

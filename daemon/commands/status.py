@@ -18,7 +18,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from daemon.commands import render
+from daemon.commands import context, render
 from daemon.config import Config
 from daemon.errors import InvalidState, NotFound
 from daemon.status.model import Status, honest_percentage
@@ -190,7 +190,7 @@ def view(s: Status, live: Liveness) -> RenderableType:
 
 # -- the command -------------------------------------------------------------------
 def run(args: argparse.Namespace) -> int:
-    config = render.load(args)
+    config = context.load(args)
     if args.watch:
         return _watch(config, args.interval, as_json=args.json)
     status, text = read_status(config)
