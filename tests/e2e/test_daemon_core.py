@@ -63,7 +63,8 @@ def _copy_slowly(files: list[Path], dest: Path, gap: float) -> None:
 
 
 def test_a_whole_run_of_several_folders(daemon_factory, tmp_path: Path) -> None:
-    d: Daemon = daemon_factory()
+    # settle_seconds 2 against copy gaps of 0.6 s: a margin a busy machine cannot eat.
+    d: Daemon = daemon_factory(inbox={"settle_seconds": 2.0})
     src = tmp_path / "src"
     slow = [make_jpeg(src / "slow" / f"s{i}.jpg", seed=100 + i) for i in range(5)]
     nested = tmp_path / "nested"
@@ -86,7 +87,7 @@ def test_a_whole_run_of_several_folders(daemon_factory, tmp_path: Path) -> None:
         os.rename(moved, d.inbox / "moved folder")
         for i in range(2):
             make_jpeg(d.inbox / f"loose{i}.jpg", seed=400 + i)
-        # settle_seconds is 1: gaps of 0.6 s must not split the folder in two.
+        # Gaps of 0.6 s, shorter than settle_seconds: the folder must not split in two.
         _copy_slowly(slow, d.inbox / "slow", gap=0.6)
         final = d.wait_idle_with(completed=4, timeout=180)
     finally:
