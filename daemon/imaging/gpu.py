@@ -160,7 +160,7 @@ class TensorDecoder:
         try:
             data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
             full = self._batcher.submit(data)
-        except (OSError, RuntimeError) as exc:
+        except (OSError, RuntimeError, ValueError) as exc:
             # Pillow reads it, or says with the usual typed error why nobody can.
             self._fell_back(path, str(exc))
             return decode(path, self.cfg)
