@@ -1,8 +1,11 @@
 """python -m bench [NAME ...] [--quick]: run the benchmarks, print one table, save it.
 
-Names: clip, faces, e2e, status, pickup, idle, memory, search, clustering
+Names: clip, faces, e2e, status, pickup, idle, memory, search, clustering, gpu
 (default: all). e2e, status, pickup, idle and memory share one set of daemon
-runs, so asking for several of them costs little more than one.
+runs, so asking for several of them costs little more than one. gpu measures
+the CLIP and faces phases on CUDA next to the CPU, and without a GPU says so
+in one row. The photos are generated on first use, so `gpu` without a GPU
+does not wait for them.
 
 Writes bench/results/latest.json and bench/results/latest.md on every run,
 and bench/RESULTS.md (the committed copy) on a full run of everything.
@@ -27,7 +30,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 RESULTS = BENCH_DIR / "results"
 COMMITTED = BENCH_DIR / "RESULTS.md"
 DAEMON_PARTS = ("e2e", "status", "pickup", "idle", "memory")
-NAMES = ("clip", "faces", "search", "clustering", *DAEMON_PARTS)
+NAMES = ("clip", "faces", "search", "clustering", *DAEMON_PARTS, "gpu")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,13 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     ctx = Context(
         quick=args.quick,
-        photos=spec.paths(),
+        photo_set=spec,
         shared_photos=assets.shared_photos(),
         work=work,
         log=log,
     )
     info: dict[str, Any] = {"machine": machine(), "versions": versions()}
-    log(f"{len(ctx.photos)} photos of {spec.width}x{spec.height}; running {', '.join(names)}")
+    log(f"{spec.count} photos of {spec.width}x{spec.height}; running {', '.join(names)}")
     rows: list[Row] = []
     extra: dict[str, Any] = {}
     failed: list[str] = []
@@ -93,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": command,
         "seconds": round(seconds, 1),
         "quick": args.quick,
-        "photos": {"count": len(ctx.photos), "size": [spec.width, spec.height]},
+        "photos": {"count": spec.count, "size": [spec.width, spec.height]},
         **info,
     }
     table = render_table(rows)
@@ -126,6 +129,10 @@ def _run_one(name: str, ctx: Context, extra: dict[str, Any]) -> list[Row]:
         from bench import bench_search
 
         return bench_search.run(ctx)
+    if name == "gpu":
+        from bench import bench_gpu
+
+        return bench_gpu.run(ctx)
     from bench import run_clustering
 
     rows, raw = run_clustering.run(ctx)

@@ -16,6 +16,7 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -164,10 +165,15 @@ class Context:
     """What the runner hands every benchmark."""
 
     quick: bool
-    photos: list[Path]  # the generated set (FULL or QUICK)
+    photo_set: Any  # bench.assets.PhotoSet (FULL or QUICK), generated on first use of `photos`
     shared_photos: list[Path]  # ../shared/photos, real photos with known faces
     work: Path  # a scratch directory for this run, removed afterwards
     log: Callable[[str], None] = print
+
+    @cached_property
+    def photos(self) -> list[Path]:
+        """The generated set's files (made once into bench/.cache/ on first use)."""
+        return self.photo_set.paths()
 
     def reps(self, full: int, quick: int = 2) -> int:
         return quick if self.quick else full

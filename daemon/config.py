@@ -28,6 +28,7 @@ CONFIG_ENV = "IMGTRAIN_CONFIG"
 # Variables with the prefix that are not config keys: the config file, and the tests' data.
 NOT_KEYS = frozenset({CONFIG_ENV, "IMGTRAIN_SHARED"})
 PHASE_NAMES = ("embedding", "faces", "clustering")
+DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]+)?)$"
 
 
 class _Section(BaseModel):
@@ -72,6 +73,8 @@ class DecodeConfig(_Section):
     max_side: int = Field(1600, ge=224)
     min_side: int = Field(8, ge=1)
     max_image_pixels: int = Field(178_956_970, ge=1)
+    # Where JPEGs are decoded: Pillow on the CPU, or nvJPEG on the GPU that `device` names.
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
 
 
 class ClipConfig(_Section):
@@ -79,8 +82,9 @@ class ClipConfig(_Section):
     pretrained: str = "laion2b_s34b_b79k"
     model_config_path: str | None = Field(None, alias="model_config")
     batch_size: int = Field(32, ge=1, le=1024)
+    cuda_batch_size: int = Field(128, ge=1, le=4096)
     threads: int = Field(0, ge=0)
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     cache_dir: str | None = None
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -135,6 +139,8 @@ class Config(_Section):
     data_dir: Path = Path("data")
     status_dir: Path = Path("status")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # auto, cpu, cuda or cuda:N: where CLIP and the face models run (daemon and workers alike).
+    device: str = Field("auto", pattern=DEVICE_PATTERN)
     phases: list[Literal["embedding", "faces", "clustering"]] = Field(
         default_factory=lambda: list(PHASE_NAMES)
     )

@@ -15,6 +15,7 @@ class Code(StrEnum):
     CONFIG_INVALID = "CONFIG_INVALID"
     MODEL_UNAVAILABLE = "MODEL_UNAVAILABLE"
     MODEL_MISMATCH = "MODEL_MISMATCH"
+    DEVICE_UNAVAILABLE = "DEVICE_UNAVAILABLE"
     UNREADABLE_IMAGE = "UNREADABLE_IMAGE"
     UNSUPPORTED_FORMAT = "UNSUPPORTED_FORMAT"
     IMAGE_TOO_LARGE = "IMAGE_TOO_LARGE"
@@ -59,6 +60,16 @@ class ModelUnavailable(ImgtrainError):
     code = Code.MODEL_UNAVAILABLE
     default_hint = (
         "Put the model files where the message says, then send SIGHUP (systemctl reload imgtrain)."
+    )
+
+
+class DeviceUnavailable(ModelUnavailable):
+    """The configured accelerator is not there; like a missing model, batches wait for it."""
+
+    code = Code.DEVICE_UNAVAILABLE
+    default_hint = (
+        "Set device: cpu (or auto) in config.yaml, or install a CUDA build of torch on a "
+        "machine with an NVIDIA GPU; then send SIGHUP (systemctl reload imgtrain)."
     )
 
 

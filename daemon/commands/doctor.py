@@ -95,7 +95,7 @@ class Doctor:
         self._inbox_watch(config)
         self._access(config, user)
         self._ledger(config)
-        clip, faces = self._models(config) if self.load_models else (None, None)
+        clip, faces = self._devices_and_models(config)
         self._store(config, clip, faces)
         self._disk(config)
         self.results.extend(status_checks)
@@ -251,7 +251,25 @@ class Doctor:
         if paused:
             self.add("queue", Level.WARN, "the queue is paused -> `imgtrain queue resume`")
 
-    # -- models and store ----------------------------------------------------------------
+    # -- device, models and store ---------------------------------------------------------
+    def _devices_and_models(self, config: Config) -> tuple[Any, Any]:
+        """The models (when loading them), and one line on where they and decoding run."""
+        from daemon.commands.device_check import device_check
+        from daemon.models.device import resolve_device
+
+        try:
+            device = resolve_device(config.device)
+        except ImgtrainError as exc:
+            self.add("device", Level.FAIL, f"{exc.code}: {exc.message} -> {exc.hint}")
+            if self.load_models:  # they would fail with the same error
+                for name in ("CLIP model", "face models"):
+                    self.add(name, Level.WARN, "skipped: the device is unavailable (see device)")
+            return None, None
+        clip, faces = self._models(config) if self.load_models else (None, None)
+        level, detail = device_check(config, device, clip, faces)
+        self.add("device", Level(level), detail)
+        return clip, faces
+
     def _models(self, config: Config) -> tuple[Any, Any]:
         from daemon.models import ModelRegistry
 

@@ -7,16 +7,22 @@ decode followed by a resize; where a scale of 1/2, 1/4 or 1/8 lands at most
 DRAFT_SLACK below `max_side`, that decode is kept as it is and the resize is
 skipped (a 3000x2000 photo decodes at 1/2 to 1500x1000, 2.5x faster than at
 full size and resized to 1600). The file is only ever opened for reading.
+
+`read_header` and `planned_size` give the same checks and the same output
+size to the GPU decoder (`daemon.imaging.gpu`), which decodes the pixels
+with nvJPEG instead and falls back to `decode` for anything else.
 """
 
 from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
@@ -60,11 +66,34 @@ _OFFSET_TIME_ORIGINAL = 0x9011
 
 @dataclass
 class Decoded:
-    image: Image.Image  # RGB, upright, longest side <= max_side
+    # RGB, upright, longest side <= max_side. None only from the GPU decoder when
+    # the caller needs the pixels on the GPU alone (`pixels`).
+    image: Image.Image | None
     width: int  # original upright width
     height: int  # original upright height
     scale: float  # decoded size / original size (<= 1.0)
     captured_at: str | None  # EXIF DateTimeOriginal, ISO-8601
+    pixels: Any = None  # the same photo as a uint8 3xHxW torch tensor, when decoded on a GPU
+
+
+@dataclass(frozen=True)
+class Header:
+    """What the header says, read without decoding a pixel; the size checks passed."""
+
+    format: str | None  # Pillow's name for it: JPEG, MPO, PNG, ...
+    mode: str  # Pillow's mode: RGB (also YCbCr JPEGs), L, CMYK, ...
+    stored: tuple[int, int]  # width, height as stored (before EXIF orientation)
+    orientation: int  # EXIF orientation, 1 (upright) to 8
+    captured_at: str | None
+
+    @property
+    def rotated(self) -> bool:
+        return self.orientation in (5, 6, 7, 8)
+
+    @property
+    def upright(self) -> tuple[int, int]:
+        w, h = self.stored
+        return (h, w) if self.rotated else (w, h)
 
 
 def sniff_format(path: Path) -> str | None:
@@ -114,10 +143,23 @@ def decode(path: Path, cfg: DecodeConfig) -> Decoded:
     Raises UnreadableImage, UnsupportedFormat, ImageTooLarge or ImageTooSmall,
     each carrying `path`.
     """
+    with _opened(path) as im:
+        return _decode_open(im, path, cfg)
+
+
+def read_header(path: Path, cfg: DecodeConfig) -> Header:
+    """The header's facts, with `decode`'s size checks and errors, and no pixel decoded."""
+    with _opened(path) as im:
+        return _header(im, path, cfg)
+
+
+@contextmanager
+def _opened(path: Path) -> Iterator[Image.Image]:
+    """The image opened for reading; whatever goes wrong inside becomes an ImageError."""
     where = str(path)
     try:
         with Image.open(path) as im:
-            return _decode_open(im, path, cfg)
+            yield im
     except Image.DecompressionBombError as exc:
         # Pillow's own limit (2 x Image.MAX_IMAGE_PIXELS) fires inside open().
         raise ImageTooLarge(f"{path.name}: {exc}", path=where) from exc
@@ -166,7 +208,7 @@ def _unidentified(path: Path) -> UnreadableImage | UnsupportedFormat:
     return UnreadableImage(f"{path.name}: corrupt {fmt} (its header cannot be read)", path=where)
 
 
-def _decode_open(im: Image.Image, path: Path, cfg: DecodeConfig) -> Decoded:
+def _header(im: Image.Image, path: Path, cfg: DecodeConfig) -> Header:
     where = str(path)
     stored_w, stored_h = im.size  # header only: no pixels decoded yet
     if stored_w * stored_h > cfg.max_image_pixels:
@@ -182,30 +224,67 @@ def _decode_open(im: Image.Image, path: Path, cfg: DecodeConfig) -> Decoded:
             path=where,
         )
     exif = im.getexif()
-    rotated = exif.get(_ORIENTATION) in (5, 6, 7, 8)
-    width, height = (stored_h, stored_w) if rotated else (stored_w, stored_h)
-    scale = min(1.0, cfg.max_side / max(stored_w, stored_h))
-    target = (max(1, round(stored_w * scale)), max(1, round(stored_h * scale)))
+    orientation = exif.get(_ORIENTATION, 1)
+    return Header(
+        format=im.format,
+        mode=im.mode,
+        stored=(stored_w, stored_h),
+        orientation=orientation if orientation in range(1, 9) else 1,
+        captured_at=_captured_at(exif),
+    )
+
+
+def _draft_request(stored: tuple[int, int], scale: float) -> tuple[int, int]:
+    # libjpeg picks the largest 1/2, 1/4 or 1/8 reduction that stays at
+    # least as large as asked for; asking for DRAFT_SLACK of the target
+    # lets it land a little under max_side, and then no resize is needed.
+    floor = scale * DRAFT_SLACK
+    return max(1, math.ceil(stored[0] * floor)), max(1, math.ceil(stored[1] * floor))
+
+
+def planned_size(
+    stored: tuple[int, int], max_side: int, jpeg: bool
+) -> tuple[tuple[int, int], float]:
+    """(the stored-orientation size `decode` makes of a photo, its scale to the original).
+
+    For a JPEG this is the size libjpeg's DCT scaling lands on (Pillow's
+    `draft` picks the reduction the same way) when that is at most max_side,
+    so a decoder without DCT scaling can produce the very same size.
+    """
+    w, h = stored
+    scale = min(1.0, max_side / max(w, h))
+    if scale < 1.0 and jpeg:
+        rw, rh = _draft_request(stored, scale)
+        ratio = min(w // rw, h // rh)
+        s = next(s for s in (8, 4, 2, 1) if ratio >= s)
+        drafted = (-(-w // s), -(-h // s))
+        if max(drafted) <= max_side:
+            return drafted, drafted[0] / w
+    return (max(1, round(w * scale)), max(1, round(h * scale))), scale
+
+
+def _decode_open(im: Image.Image, path: Path, cfg: DecodeConfig) -> Decoded:
+    header = _header(im, path, cfg)
+    stored_w, _ = header.stored
+    scale = min(1.0, cfg.max_side / max(header.stored))
+    target, _ = planned_size(header.stored, cfg.max_side, jpeg=False)
     if scale < 1.0 and im.format in ("JPEG", "MPO"):
-        # libjpeg picks the largest 1/2, 1/4 or 1/8 reduction that stays at
-        # least as large as asked for; asking for DRAFT_SLACK of the target
-        # lets it land a little under max_side, and then no resize is needed.
-        floor = scale * DRAFT_SLACK
-        im.draft("RGB", (max(1, math.ceil(stored_w * floor)), max(1, math.ceil(stored_h * floor))))
+        im.draft("RGB", _draft_request(header.stored, scale))
         if max(im.size) <= cfg.max_side:
             target = im.size
             scale = im.size[0] / stored_w
     im.load()  # a truncated file fails here; the pixels are in memory from here on
     # exif_transpose returns a copy even of an upright photo (3% of a batch's
     # CPU at 1500x1000), so only a photo that needs turning or flipping goes in.
-    upright = ImageOps.exif_transpose(im) if exif.get(_ORIENTATION, 1) != 1 else im
+    upright = ImageOps.exif_transpose(im) if header.orientation != 1 else im
     rgb = _to_rgb(upright)
-    if rotated:
+    if header.rotated:
         target = (target[1], target[0])
     if rgb.size != target:
         rgb = rgb.resize(target, Image.Resampling.BICUBIC, reducing_gap=2.0)
+    width, height = header.upright
     return Decoded(
-        image=rgb, width=width, height=height, scale=scale, captured_at=_captured_at(exif)
+        image=rgb, width=width, height=height, scale=scale, captured_at=header.captured_at
     )
 
 

@@ -39,13 +39,13 @@ class ModelRegistry:
     def clip(self) -> ClipModel:
         with self._lock:
             if self._clip is None:
-                self._clip = ClipModel(self.config.clip)
+                self._clip = ClipModel(self.config.clip, self.config.device)
             return self._clip
 
     def faces(self) -> FaceAnalyzer:
         with self._lock:
             if self._faces is None:
-                self._faces = FaceAnalyzer(self.config.faces)
+                self._faces = FaceAnalyzer(self.config.faces, self.config.device)
             return self._faces
 
     @property
@@ -53,3 +53,13 @@ class ModelRegistry:
         """The CLIP model if it has been loaded, else None (never triggers a load)."""
         clip = self._clip
         return clip if clip is not None and clip.loaded else None
+
+    def accelerators(self) -> tuple[str | None, list[str] | None]:
+        """(the device CLIP runs on, the onnxruntime providers the face models got), each
+        None until that model is loaded; never triggers a load."""
+        clip, faces = self.loaded_clip, self._faces
+        device = clip.device.torch if clip is not None and clip.device is not None else None
+        providers = list(faces.providers) if faces is not None and faces.loaded else None
+        if device is None and faces is not None and faces.loaded and faces.device is not None:
+            device = faces.device.torch  # faces without embedding: their device
+        return device, providers

@@ -13,7 +13,7 @@ import os
 import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from daemon.errors import ModelUnavailable
 
@@ -54,8 +54,11 @@ def default_threads() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def make_ort_session(path: Path, threads: int) -> onnxruntime.InferenceSession:
-    """The one place onnxruntime sessions are made: CPU only, `threads` intra-op threads."""
+def make_ort_session(
+    path: Path, threads: int, providers: list[Any] | None = None
+) -> onnxruntime.InferenceSession:
+    """The one place onnxruntime sessions are made: `threads` intra-op threads, on the CPU
+    unless `providers` (from `daemon.models.device.ort_providers`) names CUDA first."""
     import onnxruntime as ort
     from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
@@ -70,7 +73,7 @@ def make_ort_session(path: Path, threads: int) -> onnxruntime.InferenceSession:
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     try:
         return ort.InferenceSession(
-            str(path), sess_options=opts, providers=["CPUExecutionProvider"]
+            str(path), sess_options=opts, providers=providers or ["CPUExecutionProvider"]
         )
     except (
         OSError,

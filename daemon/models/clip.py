@@ -7,6 +7,10 @@ Weights come from one of three places, chosen by `clip.pretrained`:
 * a local weights file;
 * `none`: random weights, for tests and for trying the daemon out. Search
   results are then meaningless, and the daemon says so loudly.
+
+It runs on the configured `device` (`daemon.models.device`): on a GPU the
+image tower runs in bf16 or fp16 with `clip.cuda_batch_size` images a call,
+and photos decoded on the GPU are prepared there too (`preprocess_pixels`).
 """
 
 from __future__ import annotations
@@ -20,8 +24,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from daemon.errors import ModelUnavailable
+from daemon.errors import DeviceUnavailable, ModelUnavailable
 from daemon.models.base import InferenceModel
+from daemon.models.device import (
+    Device,
+    clip_batch_size,
+    clip_dtype,
+    dtype_name,
+    resolve_device,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -54,9 +65,11 @@ def _looks_like_path(value: str) -> bool:
 class ClipModel(InferenceModel):
     """One open_clip model shared by image and text encoding."""
 
-    def __init__(self, cfg: ClipConfig) -> None:
+    def __init__(self, cfg: ClipConfig, device: str = "cpu") -> None:
         super().__init__(f"clip:{cfg.model}")
         self.cfg = cfg
+        self.device_setting = device  # the config's `device`, resolved when loading
+        self.device: Device | None = None
         self._model: Any = None
         self._preprocess: Any = None
         self._tokenizer: Any = None
@@ -83,7 +96,14 @@ class ClipModel(InferenceModel):
     @property
     def precision(self) -> str:
         self.load()
-        return "bf16" if str(self._dtype) == "torch.bfloat16" else "fp32"
+        return dtype_name(self._dtype)
+
+    @property
+    def batch_size(self) -> int:
+        """Images per model call on the device it runs on."""
+        self.load()
+        assert self.device is not None
+        return clip_batch_size(self.cfg, self.device)
 
     # -- loading --------------------------------------------------------------
     def _load(self) -> None:
@@ -93,6 +113,9 @@ class ClipModel(InferenceModel):
 
         cfg = self.cfg
         t0 = time.monotonic()
+        device = resolve_device(self.device_setting)
+        # Refused before seconds go into loading weights, if the device cannot run it.
+        dtype = clip_dtype(cfg.precision, device, not device.is_cuda and cpu_has_fast_bf16())
         self._register_architecture(open_clip)
         weights, preprocess_cfg = self._resolve_weights(open_clip)
         if cfg.threads > 0:
@@ -133,24 +156,36 @@ class ClipModel(InferenceModel):
                 "then send SIGHUP (systemctl reload imgtrain).",
             ) from exc
         model.eval()
-        use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and cpu_has_fast_bf16())
-        self._dtype = torch.bfloat16 if use_bf16 else torch.float32
-        # Only the image tower runs in bulk; the text tower stays fp32 for
-        # search quality and is cheap either way.
-        model.visual.to(self._dtype)
+        self._dtype = dtype
         self._model, self._preprocess, self._tokenizer = model, preprocess, tokenizer
-        # One forward pass: the embedding size straight from the model, and a
-        # model that cannot run fails here rather than in the middle of a batch.
+        self.device = device
         size = self._input_size()
-        with torch.inference_mode():
-            probe = model.encode_image(torch.zeros(1, 3, *size, dtype=self._dtype))
+        try:
+            model.to(device.torch)
+            # Only the image tower runs in bulk; the text tower stays fp32 for
+            # search quality and is cheap either way.
+            model.visual.to(self._dtype)
+            # One forward pass: the embedding size straight from the model, and a
+            # model that cannot run fails here rather than in the middle of a batch.
+            with torch.inference_mode():
+                zeros = torch.zeros(1, 3, *size, dtype=self._dtype, device=device.torch)
+                probe = model.encode_image(zeros)
+        except RuntimeError as exc:  # CUDA out of memory, a driver error, an unsupported dtype
+            raise DeviceUnavailable(
+                f"CLIP {cfg.model} cannot run on {device.describe()} in "
+                f"{dtype_name(dtype)} (device: {device.requested}): {exc}",
+                hint="Free the GPU's memory, or set device: cpu or another clip.precision in "
+                "config.yaml; then send SIGHUP (systemctl reload imgtrain).",
+            ) from exc
         self._dim = int(probe.shape[-1])
         log.info(
-            "CLIP %s loaded in %.1fs (dim %d, %s, %d threads)",
+            "CLIP %s loaded in %.1fs on %s (dim %d, %s, batch %d, %d threads)",
             self.model_name,
             time.monotonic() - t0,
+            device.describe(),
             self._dim,
-            "bf16" if use_bf16 else "fp32",
+            dtype_name(dtype),
+            clip_batch_size(cfg, device),
             torch.get_num_threads(),
         )
         if self._random:
@@ -287,6 +322,21 @@ class ClipModel(InferenceModel):
             img = img.reduce(factor)
         return self._preprocess(img)
 
+    def preprocess_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """`preprocess` for a uint8 3xHxW tensor (a photo decoded on the GPU), on its device.
+
+        Resize, crop and normalise run where the pixels are; the result stays
+        within a small tolerance of `preprocess` on the same photo decoded by
+        Pillow (tests/unit/test_gpu_decode.py). A resize mode not done on
+        tensors goes through open_clip's own transform on a host copy.
+        """
+        from daemon.imaging.gpu import clip_input, to_pil
+
+        self.load()
+        cfg = self._model.visual.preprocess_cfg
+        x = clip_input(pixels, self._input_size(), cfg)
+        return x if x is not None else self.preprocess(to_pil(pixels))
+
     def embed_images(self, images: list[Image.Image]) -> np.ndarray:
         """(n, dim) float32, each row L2-normalised."""
         return self.embed_tensors([self.preprocess(img) for img in images])
@@ -297,10 +347,11 @@ class ClipModel(InferenceModel):
 
         self.load()
         out = np.empty((len(tensors), self._dim), dtype=np.float32)
-        step = self.cfg.batch_size
+        step = self.batch_size
+        where = self.device.torch if self.device else "cpu"
         with torch.inference_mode():
             for start in range(0, len(tensors), step):
-                chunk = tensors[start : start + step]
+                chunk = [t.to(where, non_blocking=True) for t in tensors[start : start + step]]
                 x = torch.stack(chunk).to(self._dtype)
                 out[start : start + len(chunk)] = self._normalise(self._model.encode_image(x))
         return out
@@ -312,12 +363,15 @@ class ClipModel(InferenceModel):
         self.load()
         if not texts:
             return np.empty((0, self._dim), dtype=np.float32)
+        where = self.device.torch if self.device else "cpu"
         with torch.inference_mode():
-            return self._normalise(self._model.encode_text(self._tokenizer(texts)))
+            tokens = self._tokenizer(texts).to(where)
+            return self._normalise(self._model.encode_text(tokens))
 
     @staticmethod
     def _normalise(feats: torch.Tensor) -> np.ndarray:
         import torch
 
         feats = feats.float()  # normalise in fp32 whatever the tower ran in
-        return torch.nn.functional.normalize(feats, dim=-1).numpy().astype(np.float32, copy=False)
+        unit = torch.nn.functional.normalize(feats, dim=-1).cpu()
+        return unit.numpy().astype(np.float32, copy=False)

@@ -7,6 +7,8 @@ ModelRouter does it, from their input and output shapes, so any pack laid
 out like insightface's works. Sessions come from `make_ort_session` and are
 handed to insightface's own SCRFD and ArcFaceONNX classes, so thread counts
 and providers are ours while the pre- and post-processing is insightface's.
+On a CUDA `device` the sessions ask for onnxruntime's CUDA provider
+(`daemon.models.device.ort_providers`); `providers` says what they got.
 
 The models are small (a 640x640 detector, a 112x112 recognizer), so one
 onnxruntime thread per image, with `faces.threads` images at a time, keeps the
@@ -35,6 +37,7 @@ import numpy as np
 from daemon.errors import ModelUnavailable
 from daemon.imaging.decode import to_bgr
 from daemon.models.base import InferenceModel, default_threads, make_ort_session
+from daemon.models.device import CUDA_PROVIDER, Device, ort_providers, resolve_device
 
 if TYPE_CHECKING:
     import onnxruntime
@@ -86,9 +89,13 @@ def _import_insightface() -> tuple[Any, Any, Any]:
 class FaceAnalyzer(InferenceModel):
     """Finds faces in a BGR image and embeds each one."""
 
-    def __init__(self, cfg: FacesConfig) -> None:
+    def __init__(self, cfg: FacesConfig, device: str = "cpu") -> None:
         super().__init__(f"faces:{cfg.model_pack}")
         self.cfg = cfg
+        self.device_setting = device  # the config's `device`, resolved when loading
+        self.device: Device | None = None
+        self.providers: list[str] = []  # what onnxruntime runs the sessions on, once loaded
+        self._ask: list[Any] = []
         self.model_name = ""
         self._dim = 0
         self._det: Any = None
@@ -113,6 +120,11 @@ class FaceAnalyzer(InferenceModel):
     def _load(self) -> None:
         scrfd_cls, arcface_cls, face_align = _import_insightface()
         t0 = time.monotonic()
+        device = resolve_device(self.device_setting)
+        choice = ort_providers(device)
+        if choice.warning:
+            log.warning("%s", choice.warning)
+        self._ask = choice.providers
         pack = self._find_pack()
         (det_path, det_session), (rec_path, rec_session) = self._pick_models(pack)
         det = scrfd_cls(model_file=str(det_path), session=det_session)
@@ -138,13 +150,25 @@ class FaceAnalyzer(InferenceModel):
             self._dim = int(rec.get_feat([blank]).shape[-1])
         pack_name = self.cfg.model_pack if not self.cfg.model_dir else pack.name
         self.model_name = f"{pack_name}:{det_path.stem}+{rec_path.stem}"
+        self.device, self.providers = device, list(det_session.get_providers())
+        if device.is_cuda and choice.warning is None and CUDA_PROVIDER not in self.providers:
+            # onnxruntime falls back by itself when its CUDA provider cannot start
+            # (cuDNN missing, say), after printing why; the log says it once more.
+            log.warning(
+                "face models run on %s: onnxruntime could not start %s on %s (see its "
+                "messages above)",
+                ", ".join(self.providers),
+                CUDA_PROVIDER,
+                device.torch,
+            )
         log.info(
-            "face models %s loaded from %s in %.1fs (dim %d, det_size %d)",
+            "face models %s loaded from %s in %.1fs (dim %d, det_size %d, %s)",
             self.model_name,
             pack,
             time.monotonic() - t0,
             self._dim,
             side,
+            ", ".join(self.providers),
         )
 
     def _find_pack(self) -> Path:
@@ -199,7 +223,7 @@ class FaceAnalyzer(InferenceModel):
         if self.cfg.detector:
             path = Path(self.cfg.detector).expanduser()
             path = path if path.is_absolute() else pack / path
-            session = make_ort_session(path, threads)
+            session = make_ort_session(path, threads, self._ask)
             if _task(session) != "detection":
                 raise ModelUnavailable(f"faces.detector {path} is not a face detection model")
             det = (path, session)
@@ -208,7 +232,7 @@ class FaceAnalyzer(InferenceModel):
                 break
             if det is not None and path == det[0]:
                 continue
-            session = make_ort_session(path, threads)
+            session = make_ort_session(path, threads, self._ask)
             task = _task(session)
             if task == "detection" and det is None:
                 det = (path, session)

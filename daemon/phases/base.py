@@ -50,13 +50,16 @@ class DecodedImage:
     sha256: str
     path: Path  # absolute path of the original
     rel_path: str  # path inside the batch folder
-    image: Image.Image  # RGB, EXIF-rotated, possibly reduced by JPEG draft mode
+    # RGB, EXIF-rotated, possibly reduced by JPEG draft mode. None only when the
+    # photo was decoded on the GPU and every phase it is pending for takes `pixels`.
+    image: Image.Image | None
     width: int  # original (upright) width in pixels
     height: int  # original (upright) height in pixels
     scale: float  # decoded size / original size (<= 1.0)
     captured_at: str | None = None  # EXIF DateTimeOriginal as ISO-8601, when present
     pending: frozenset[str] = frozenset()  # the phases that still have to process it
     prepared: dict[str, Any] = field(default_factory=dict)  # phase name -> its prepare() result
+    pixels: Any = None  # uint8 3xHxW tensor on the GPU (decode.device), until prepare has run
 
 
 @dataclass
@@ -71,6 +74,9 @@ class PhaseContext:
 
 class ImagePhase(Protocol):
     name: PhaseName
+    # Optional: a phase whose `prepare` can start from `DecodedImage.pixels` (a photo
+    # decoded on the GPU) sets it True; for the others the pipeline asks for `image`.
+    takes_pixels: bool
 
     def setup(self, ctx: PhaseContext) -> None:
         """Load models (once; later calls are cheap). Raises ModelUnavailable."""

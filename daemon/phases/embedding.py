@@ -17,6 +17,7 @@ log = logging.getLogger(__name__)
 
 class EmbeddingPhase:
     name = PhaseName.EMBEDDING
+    takes_pixels = True  # CLIP's input is made on the GPU from a photo decoded there
 
     def __init__(self) -> None:
         self.clip = None
@@ -31,6 +32,8 @@ class EmbeddingPhase:
         self.clip, self.store = clip, ctx.store
 
     def prepare(self, image: DecodedImage) -> Any:
+        if image.pixels is not None:
+            return self.clip.preprocess_pixels(image.pixels)
         return self.clip.preprocess(image.image)
 
     def process(
@@ -38,8 +41,7 @@ class EmbeddingPhase:
     ) -> list[ImageOutcome]:
         # Prepared in the decode workers; preprocessed here only when called without them.
         tensors = [
-            t if (t := d.prepared.get(self.name)) is not None else self.clip.preprocess(d.image)
-            for d in images
+            t if (t := d.prepared.get(self.name)) is not None else self.prepare(d) for d in images
         ]
         vectors = self.clip.embed_tensors(tensors)
         metadatas = [

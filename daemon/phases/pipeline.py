@@ -26,8 +26,8 @@ from functools import partial
 from pathlib import Path
 
 from daemon.errors import ImageError
-from daemon.imaging.decode import decode
 from daemon.ledger.ledger import Ledger
+from daemon.phases import decoding
 from daemon.phases.ahead import decode_ahead
 from daemon.phases.base import BatchInfo, BatchPhase, DecodedImage, ImagePhase, PhaseContext
 from daemon.phases.control import Control
@@ -72,14 +72,17 @@ class Pipeline:
         self.control = control
         self.poke = poke
         cfg = ctx.config
-        self.chunk = cfg.clip.batch_size
-        self.decode_cfg = cfg.decode
+        # Pillow until setup() knows where the models run (`decode.device`).
+        self.decoding = decoding.pillow(cfg)
         self.workers = cfg.decode.workers
 
     def setup(self) -> None:
         """Load every phase's models; raises ModelUnavailable / ModelMismatch."""
         for phase in [*self.image_phases, *self.batch_phases]:
             phase.setup(self.ctx)
+        clip = getattr(self.ctx.models, "loaded_clip", None)
+        self.decoding = decoding.choose(self.ctx.config, clip)
+        log.info("decoding: %s, %d images a chunk", self.decoding.where, self.decoding.chunk)
 
     def counts_for(self, batch: Batch) -> dict[str, PhaseCount]:
         steps = self.ledger.step_counts([batch.batch_id])[batch.batch_id]
@@ -152,7 +155,7 @@ class Pipeline:
 
     def _run_image_phases(self, info: BatchInfo, pending: list[PendingImage]) -> None:
         chunks = decode_ahead(
-            pending, partial(self._decode, info), chunk=self.chunk, workers=self.workers
+            pending, partial(self._decode, info), chunk=self.decoding.chunk, workers=self.workers
         )
         with contextlib.closing(chunks):
             for results in chunks:
@@ -161,8 +164,13 @@ class Pipeline:
 
     def _decode(self, info: BatchInfo, item: PendingImage) -> DecodedImage | DecodeFailure:
         path = info.path / item.rel_path
+        # A photo decoded on the GPU is copied back only if a phase needs it on the host.
+        host = any(
+            p.name in item.phases and not getattr(p, "takes_pixels", False)
+            for p in self.image_phases
+        )
         try:
-            d = decode(path, self.decode_cfg)
+            d = self.decoding.decode(path, host)
         except ImageError as exc:
             return DecodeFailure(item, exc)
         decoded = DecodedImage(
@@ -176,14 +184,18 @@ class Pipeline:
             scale=d.scale,
             captured_at=d.captured_at,
             pending=item.phases,
+            pixels=d.pixels,
         )
         try:
             for phase in self.image_phases:
                 if phase.name in decoded.pending:
                     decoded.prepared[phase.name] = phase.prepare(decoded)
         except ImageError as exc:
-            d.image.close()
+            if d.image is not None:
+                d.image.close()
             return DecodeFailure(item, exc)
+        finally:
+            decoded.pixels = None  # prepared from; GPU memory is not held for the chunk
         return decoded
 
     def _process_chunk(self, info: BatchInfo, results: list[DecodedImage | DecodeFailure]) -> None:
@@ -207,7 +219,8 @@ class Pipeline:
                 self.ledger.record_outcomes(info.batch_id, phase.name, outcomes)
         finally:
             for d in decoded:
-                d.image.close()
+                if d.image is not None:
+                    d.image.close()
                 d.prepared.clear()
 
     def _record_decode_failure(self, info: BatchInfo, failure: DecodeFailure) -> None:

@@ -156,7 +156,7 @@ class Service:
             return
         changed = [
             k
-            for k in ("clip", "faces", "clustering", "store", "phases", "decode", "queue")
+            for k in ("clip", "faces", "clustering", "store", "phases", "decode", "queue", "device")
             if getattr(new, k) != getattr(self.config, k)
         ]
         needs_restart = [
@@ -180,7 +180,7 @@ class Service:
             changed.append("inbox")
             self.inbox.reconfigure(self.config)
         logging.getLogger().setLevel(self.config.log_level)
-        if "clip" in changed or "faces" in changed:
+        if "clip" in changed or "faces" in changed or "device" in changed:
             self.models = ModelRegistry(self.config)
         self.pipeline = None  # rebuilt (and models retried) before the next batch
         self._models_error = None
@@ -290,6 +290,7 @@ class Service:
             return False
         self._models_error = None
         self.pipeline = pipeline
+        self.progress.set_accelerators(*self.models.accelerators())
         self._warn_random_weights(pipeline)
         self.progress.set_state(DaemonStatus.IDLE, "models loaded")
         return True

@@ -98,6 +98,13 @@ class SystemInfo(_Model):
     rss_bytes: int | None = None
     cpu_percent: float | None = None
     disk_free_bytes: int | None = Field(None, description="free bytes on the data directory's disk")
+    device: str | None = Field(
+        None, description="where CLIP runs (cpu, cuda:0), once the models are loaded"
+    )
+    onnx_providers: list[str] | None = Field(
+        None,
+        description="onnxruntime execution providers the face models run on, once loaded",
+    )
 
 
 class Status(_Model):

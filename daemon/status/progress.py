@@ -138,6 +138,8 @@ class Progress:
         self._ledger_errors: list[ErrorEntry] = []
         self._noted_errors: list[ErrorEntry] = []
         self._proc = _process()
+        self._device: str | None = None
+        self._onnx_providers: list[str] | None = None
 
     # -- daemon state --------------------------------------------------------
     def set_state(self, status: DaemonStatus, message: str, error: ErrorInfo | None = None) -> None:
@@ -158,6 +160,11 @@ class Progress:
                 paused=running + counts.get("waiting", 0) if paused else 0,
                 cancelled=counts.get("cancelled", 0),
             )
+
+    def set_accelerators(self, device: str | None, onnx_providers: list[str] | None) -> None:
+        """Where the loaded models run, for the status file's `system` block."""
+        with self._lock:
+            self._device, self._onnx_providers = device, onnx_providers
 
     def set_totals(self, totals: dict[str, int]) -> None:
         with self._lock:
@@ -351,6 +358,8 @@ class Progress:
                 rss_bytes=self._proc.memory_info().rss,
                 cpu_percent=self._proc.cpu_percent(interval=None),
                 disk_free_bytes=disk,
+                device=self._device,
+                onnx_providers=self._onnx_providers,
             )
 
 
