@@ -17,7 +17,7 @@ from daemon.errors import ConfigError, ImgtrainError
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_CONFIG = 0, 1, 2, 78
 
 # Each module in daemon/commands/ offers add_parser(subparsers) and run(args) -> int.
-COMMANDS = ("run", "status", "search", "people", "queue", "doctor")
+COMMANDS = ("run", "status", "search", "people", "queue", "models", "doctor")
 
 
 def _add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:

@@ -109,6 +109,7 @@ class StoreConfig(_Section):
 
 class ModelsConfig(_Section):
     retry_seconds: float = Field(60.0, gt=0)
+    dir: str = "models"
 
 
 class Config(_Section):
@@ -250,6 +251,7 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         update={"model_dir": opt(cfg.faces.model_dir), "model_root": opt(cfg.faces.model_root)}
     )
     store = cfg.store.model_copy(update={"path": opt(cfg.store.path)})
+    models = cfg.models.model_copy(update={"dir": opt(cfg.models.dir)})
     updates: dict[str, Any] = {
         "inbox_dir": absolute(cfg.inbox_dir),
         "data_dir": absolute(cfg.data_dir),
@@ -257,5 +259,6 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         "clip": clip,
         "faces": faces,
         "store": store,
+        "models": models,
     }
     return cfg.model_copy(update=updates)
