@@ -180,6 +180,8 @@ class ClipModel(InferenceModel):
             RuntimeError,
             ValueError,
             KeyError,
+            EOFError,
+            IndexError,  # torch's unpickler on a file that is not a checkpoint at all
             pickle.UnpicklingError,
             SafetensorError,
         ) as exc:
