@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
 
 # -- list --------------------------------------------------------------------------
 def _list(config: Config, as_json: bool, config_path: str | None) -> int:
-    from daemon.models.inventory import PRESENT, imgtrain_command, inspect
+    from daemon.models.inventory import PRESENT, fix_commands, imgtrain_command, inspect
 
     entries = inspect(config)
     ok = all(e.state == PRESENT for e in entries)
@@ -100,13 +100,13 @@ def _list(config: Config, as_json: bool, config_path: str | None) -> int:
         out.print("All models are in place.")
     else:
         command = imgtrain_command(config_path)
-        sources = sorted({e.source for e in entries if e.state != PRESENT and e.source})
-        out.print(f"To fix: `{command} models download` where the model hubs can be reached;")
-        out.print(
-            "without internet, get the files on a machine that has them, copy them here and run"
-            f" `{command} models import PATH` for each."
-        )
-        for source in sources:
+        todo = [e for e in entries if e.state != PRESENT]
+        out.print(f"To fix: {fix_commands(todo, command)}.")
+        if any(e.state == "unloadable" for e in todo):
+            out.print(
+                f"An unloadable file is replaced with `{command} models import PATH --replace`."
+            )
+        for source in sorted({e.source for e in todo if e.source}):
             out.print(f"  from {source}")
     return 0 if ok else 1
 

@@ -182,6 +182,7 @@ class ClipModel(InferenceModel):
             KeyError,
             EOFError,
             IndexError,  # torch's unpickler on a file that is not a checkpoint at all
+            AssertionError,  # open_clip asserts shapes when a checkpoint is another model's
             pickle.UnpicklingError,
             SafetensorError,
         ) as exc:

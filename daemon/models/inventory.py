@@ -14,7 +14,7 @@ import hashlib
 import re
 import sys
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -59,7 +59,6 @@ class ModelEntry:
     size: int | None = None
     sha256: str | None = None  # the first 12 hex digits
     dim: int | None = None
-    auto_download: bool = field(default=False, repr=False)  # the daemon fetches it itself
 
 
 def locate(config: Config) -> list[ModelEntry]:
@@ -119,7 +118,6 @@ def locate_clip(config: Config) -> ModelEntry:
         source=tag_source(tag_cfg),
         reason=f"not in {slot.parent} nor in the Hugging Face cache "
         f"{cfg.cache_dir or hf_constants.HF_HUB_CACHE}",
-        auto_download=True,
     )
 
 
@@ -146,7 +144,6 @@ def locate_faces(cfg: FacesConfig) -> list[ModelEntry]:
                 str(pack / name),
                 source=source,
                 reason=reason,
-                auto_download=bool(source) and cfg.download,
             )
             for role, name in (("face detector", det_name), ("face recognizer", rec_name))
         ]
@@ -335,8 +332,11 @@ def require_models(config: Config, config_path: str | Path | None = None) -> Non
     missing = [e for e in locate(config) if e.state == MISSING]
     if not missing:
         return
-    failed = unreachable({e.source for e in missing if e.auto_download and e.source})
-    blocked = [e for e in missing if not (e.auto_download and e.source) or e.source in failed]
+    # What the loaders download by themselves: a CLIP tag's weights, and a published face
+    # pack while faces.download is on.
+    auto = [e for e in missing if e.source and (e.role == "CLIP" or config.faces.download)]
+    failed = unreachable({e.source for e in auto if e.source})
+    blocked = [e for e in missing if e not in auto or e.source in failed]
     if not blocked:
         return
     raise ModelUnavailable(
@@ -363,21 +363,30 @@ def missing_message(missing: list[ModelEntry], failed: dict[str, str], config: C
     return text
 
 
+def fix_commands(entries: list[ModelEntry], command: str) -> str:
+    """The commands that put `entries` in place: download where it can, import always."""
+    imports = (
+        f"copy the files here from a machine that has them and run `{command} models import PATH`"
+        " for each (a CLIP weights file, a face pack folder or .zip)"
+    )
+    if not any(e.source for e in entries):
+        return imports[0].upper() + imports[1:]
+    return f"`{command} models download` where the hubs can be reached; without internet, {imports}"
+
+
 def missing_hint(
     missing: list[ModelEntry], failed: dict[str, str], config: Config, command: str
 ) -> str:
     sources = ", ".join(sorted({e.source for e in missing if e.source}))
-    offline = (
-        "Without internet: get the files"
-        + (f" ({sources})" if sources else "")
-        + " on a machine that has them, copy them here and run "
-        + f"`{command} models import PATH` for each (a CLIP weights file, a face pack folder or"
-        + " .zip)."
-    )
-    download = f"`{command} models download` fetches them where the hubs can be reached."
-    first = f"{offline} {download}" if failed else f"{download} {offline}"
+    first = fix_commands(missing, command)
+    if failed:  # no internet here: the files come from elsewhere, and from where
+        first = (
+            f"Without internet: get the files ({sources}) on a machine that has them, copy them "
+            f"here and run `{command} models import PATH` for each (a CLIP weights file, a face "
+            f"pack folder or .zip). Where the hubs can be reached, `{command} models download`"
+        )
     return (
-        f"{first} `{command} models` lists each model and where it goes. Meanwhile folders "
+        f"{first}. `{command} models` lists each model and where it goes. Meanwhile folders "
         f"are queued; the daemon retries every {config.models.retry_seconds:g} s, and at once "
         "on SIGHUP (systemctl reload imgtrain)."
     )
@@ -389,6 +398,5 @@ def fix_missing(missing: list[ModelEntry], config_path: str | Path | None = None
     return (
         "MODEL_UNAVAILABLE: missing "
         + ", ".join(f"{e.name} (goes in {e.path})" for e in missing)
-        + f" -> `{cmd} models download`, or without internet copy the files here and run"
-        f" `{cmd} models import PATH`; `{cmd} models` lists what goes where"
+        + f" -> {fix_commands(missing, cmd)}; `{cmd} models` lists what goes where"
     )

@@ -66,6 +66,16 @@ def pack_zip(face_pack: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def other_width_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Weights of a tiny architecture whose text tower is narrower (open_clip asserts on it)."""
+    root = tmp_path_factory.mktemp("narrow")
+    arch = root / "arch" / "imgtrain-tiny.json"
+    arch.parent.mkdir()
+    arch.write_text(json.dumps({**TINY_CLIP, "text_cfg": {**TINY_CLIP["text_cfg"], "width": 32}}))
+    return save_tiny_clip_weights(root / "narrow.pt", arch)
+
+
+@pytest.fixture(scope="module")
 def wrong_dim_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Weights of the tiny architecture with 16-d embeddings, where the config's gives 32."""
     root = tmp_path_factory.mktemp("wrong")
@@ -90,7 +100,8 @@ def test_a_fresh_setup_lists_each_model_missing_with_where_it_goes(
     assert models["face detector"]["path"].startswith(str(pack))
     assert main(["models", "-c", str(cfg)]) == 1
     text = capsys.readouterr().out
-    assert "missing" in text and "models import PATH" in text and "models download" in text
+    assert "missing" in text and "models import PATH" in text
+    assert "models download" not in text  # a local file and an unpublished pack: nothing to fetch
 
 
 def test_a_pack_folder_then_a_zip_go_where_the_config_looks(
@@ -214,7 +225,7 @@ def test_corrupt_and_wrong_dimension_files_are_unloadable_with_the_reason(
 
 
 def test_import_refuses_what_does_not_load_and_leaves_nothing_behind(
-    tmp_path, capsys, tiny_clip_config, wrong_dim_weights, shared
+    tmp_path, capsys, tiny_clip_config, wrong_dim_weights, other_width_weights, shared
 ) -> None:
     dest = tmp_path / "weights" / "tiny.pt"
     cfg = _config(tmp_path, tiny_clip_config, clip={"pretrained": str(dest)})
@@ -224,6 +235,8 @@ def test_import_refuses_what_does_not_load_and_leaves_nothing_behind(
     assert "MODEL_INVALID" in capsys.readouterr().err
     assert main(["models", "import", str(wrong_dim_weights), "-c", str(cfg)]) == 1
     assert "size mismatch" in capsys.readouterr().err
+    assert main(["models", "import", str(other_width_weights), "-c", str(cfg)]) == 1
+    assert "MODEL_INVALID" in capsys.readouterr().err
     assert not dest.exists() and _leftovers(dest.parent) == []
 
     detector_only = tmp_path / "det-only.zip"
