@@ -123,6 +123,8 @@ def _check_names(args: list[str], *, complete: bool) -> None:
         if word in subs[0].choices:
             parser = subs[0].choices[word]
             continue
+        if word in ("...", "…"):
+            break  # prose: "`imgtrain ...`" means any command
         if complete or not (word.isupper() or word.startswith("<")):
             raise AssertionError(f"`imgtrain {shlex.join(args)}`: no command {word!r}")
 
@@ -145,9 +147,14 @@ def test_every_documented_command_line_parses(source: str) -> None:
 
 
 def test_the_readme_shows_the_commands_a_newcomer_needs() -> None:
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    first_block = _code_blocks(text)[0]
+    assert "make run" in first_block.split("\n")[0], "the first command shown is `make run`"
     shown = {tuple(a[:2]) for a in _readme_commands()} | {(a[0],) for a in _readme_commands()}
-    for needed in (("run",), ("status",), ("doctor",), ("models",), ("models", "import")):
+    for needed in (("status",), ("doctor",), ("models",), ("models", "import")):
         assert needed in shown, f"README.md shows no `imgtrain {' '.join(needed)}` command line"
+    quick_start = text[: text.index("<!-- toc -->")]
+    assert "imgtrain models import" in quick_start, "the offline path belongs next to `make run`"
 
 
 def test_imgtrain_spans_in_the_readme_prose_name_real_commands_and_flags() -> None:

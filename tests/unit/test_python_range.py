@@ -41,5 +41,5 @@ def test_the_readme_says_which_versions_are_tested_and_expected_to_work() -> Non
     low, high = _range()
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     assert f"Python 3.{low} to 3.{high}" in readme
-    assert re.search(r"tested (here )?on 3\.\d+", readme)
+    assert re.search(r"[Tt]ested\s+(here\s+)?on\s+3\.\d+", readme)
     assert "expected to work" in readme
