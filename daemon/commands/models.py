@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     if action == "list":
         return _list(config, args.json, args.config)
     if action == "download":
-        return _download(config, args.json)
+        return _download(config, args.json, args.config)
     if action == "import":
         return _import(config, args.path, args.replace, args.json)
     raise AssertionError(f"unknown action {action}")
@@ -112,11 +112,12 @@ def _list(config: Config, as_json: bool, config_path: str | None) -> int:
 
 
 # -- download and import -------------------------------------------------------------
-def _download(config: Config, as_json: bool) -> int:
+def _download(config: Config, as_json: bool, config_path: str | None) -> int:
     from daemon.models.install import download_models
+    from daemon.models.inventory import imgtrain_command
 
     out = render.console()
-    done = download_models(config, out.print)
+    done = download_models(config, out.print, imgtrain_command(config_path))
     nudged = _nudge_daemon(config) if done else None
     if as_json:
         render.print_json({"installed": done, "daemon_reloaded": nudged})

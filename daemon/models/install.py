@@ -228,8 +228,12 @@ def _sync_dir(path: Path) -> None:
 
 
 # -- downloading ---------------------------------------------------------------------
-def download_models(config: Config, say: Callable[[str], None]) -> list[Installed]:
-    """Fetch every missing model with the libraries' own downloaders; fail fast when offline."""
+def download_models(
+    config: Config, say: Callable[[str], None], command: str = "imgtrain"
+) -> list[Installed]:
+    """Fetch every missing model with the libraries' own downloaders; fail fast when offline.
+
+    `command` is how the person runs imgtrain, for the commands the errors name."""
     missing = [e for e in locate(config) if e.state == MISSING]
     if not missing:
         return []
@@ -238,16 +242,16 @@ def download_models(config: Config, say: Callable[[str], None]) -> list[Installe
         raise ModelUnavailable(
             f"{local[0].role} {local[0].name} has no download source: the config names a "
             f"local file or folder, or a pack insightface does not publish ({local[0].path})",
-            hint="Copy it from the machine that has it and run `imgtrain models import PATH`; "
+            hint=f"Copy it from the machine that has it and run `{command} models import PATH`; "
             f"insightface publishes {', '.join(KNOWN_PACKS)}.",
         )
     failed = unreachable({e.source for e in missing if e.source})
     if failed:
         hosts = ", ".join(sorted({f"{host(u)} ({why})" for u, why in failed.items()}))
         raise ModelUnavailable(
-            f"cannot reach {hosts}: no internet here? use `imgtrain models import PATH`",
+            f"cannot reach {hosts}: no internet here? use `{command} models import PATH`",
             hint="Download the files on a machine that has internet, copy them here, and run "
-            "`imgtrain models import PATH` for each; `imgtrain models` lists the URLs.",
+            f"`{command} models import PATH` for each; `{command} models` lists the URLs.",
         )
     done: list[Installed] = []
     if any(e.role == "CLIP" for e in missing):
