@@ -29,6 +29,17 @@ def _code_blocks(markdown: str) -> list[str]:
     return re.findall(r"^```[^\n]*\n(.*?)^```", markdown, re.S | re.M)
 
 
+def _command_lines(markdown: str) -> list[str]:
+    """Shell lines of the code blocks: in a `console` block only the `$ ` lines (the rest is
+    the commands' output); in any other block every line."""
+    lines = []
+    for lang, body in re.findall(r"^```([^\n]*)\n(.*?)^```", markdown, re.S | re.M):
+        for line in body.replace("\\\n", " ").splitlines():
+            if lang.strip() != "console" or line.startswith("$ "):
+                lines.append(line)
+    return lines
+
+
 def _imgtrain_commands(line: str) -> list[list[str]]:
     """The argument lists of every `imgtrain` (or `.../bin/imgtrain`) invocation in a shell line."""
     line = line.strip()
@@ -64,13 +75,7 @@ def _imgtrain_commands(line: str) -> list[list[str]]:
 
 def _readme_commands() -> list[list[str]]:
     text = (REPO / "README.md").read_text(encoding="utf-8")
-    text = text.replace("\\\n", " ")  # continued shell lines
-    return [
-        args
-        for block in _code_blocks(text)
-        for line in block.splitlines()
-        for args in _imgtrain_commands(line)
-    ]
+    return [args for line in _command_lines(text) for args in _imgtrain_commands(line)]
 
 
 def _makefile_commands() -> list[list[str]]:
