@@ -126,6 +126,8 @@ def _download(config: Config, as_json: bool, config_path: str | None) -> int:
         out.print("Nothing to download: every configured model is in place.")
     for item in done:
         out.print(_installed_line(item))
+        if item.config_line:
+            out.print(f"The config does not look there yet. Set this line: {item.config_line}")
     _say_nudged(out, nudged)
     return 0
 

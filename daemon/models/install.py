@@ -132,7 +132,10 @@ def import_clip(config: Config, source: Path, *, replace: bool = False) -> Insta
 
 
 # -- face packs ----------------------------------------------------------------------
-def import_face_pack(config: Config, source: Path, *, replace: bool = False) -> Installed:
+def import_face_pack(
+    config: Config, source: Path, *, replace: bool = False, label: str | None = None
+) -> Installed:
+    """Install a pack folder or zip; `label` names it if it has to go beside the others."""
     cfg = config.faces
     dest, config_line = pack_dir(cfg), None
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -152,7 +155,7 @@ def import_face_pack(config: Config, source: Path, *, replace: bool = False) -> 
         if known and analyzer.dim != known[2]:
             # Not the pack the config names (its vectors differ): it goes beside the other
             # imports, and the config is pointed at it by hand.
-            label = source.stem if source.suffix.lower() == ".zip" else source.name
+            label = label or (source.stem if source.suffix.lower() == ".zip" else source.name)
             dest = Path(config.models.dir) / "faces" / label
             config_line = f"faces.model_dir: {dest}"
         if dest.is_dir() and any(dest.glob("*.onnx")) and not replace:
@@ -312,6 +315,6 @@ def _download_face_pack(config: Config, entry: ModelEntry, say: Callable[[str], 
             )  # insightface's, with its bar
         except (OSError, RuntimeError, requests.RequestException) as exc:
             raise ModelUnavailable(f"downloading {entry.source} failed: {exc}") from exc
-        return import_face_pack(config, archive, replace=True)
+        return import_face_pack(config, archive, replace=True, label=pack)
     finally:
         archive.unlink(missing_ok=True)
