@@ -28,7 +28,7 @@ from tests.e2e.conftest import Daemon, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-VENV = Path(sys.executable).parent.parent
+VENV = Path(sys.executable).absolute().parent.parent  # not resolve(): that leaves the venv
 IMGTRAIN = VENV / "bin" / "imgtrain"
 
 

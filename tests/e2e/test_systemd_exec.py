@@ -43,7 +43,7 @@ def _service_settings(text: str) -> list[tuple[str, str]]:
 
 def _installed(text: str, root: Path) -> str:
     """The unit's paths moved under `root`; the venv is the one running these tests."""
-    venv = Path(sys.executable).parent.parent
+    venv = Path(sys.executable).absolute().parent.parent
     for old, new in (
         ("/opt/imgtrain/.venv", str(venv)),
         ("/opt/imgtrain", str(REPO)),
