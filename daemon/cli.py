@@ -19,7 +19,43 @@ from daemon.errors import ConfigError, ImgtrainError
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG = 0, 1, 78
 
 # Each module in daemon/commands/ offers add_parser(subparsers) and run(args) -> int.
-COMMANDS = ("run", "status", "search", "people", "queue", "doctor")
+COMMANDS = ("run", "status", "search", "people", "queue", "models", "doctor")
+
+
+def _add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """The options every command takes, before or after its name (`imgtrain run -c X`).
+
+    The top-level parser holds the defaults; each command's copy is SUPPRESSed,
+    so a value given before the command is not reset by the command's parser,
+    and one given after it wins.
+    """
+    keep = None if top else argparse.SUPPRESS
+    parser.add_argument(
+        "--config",
+        "-c",
+        default=keep,
+        metavar="PATH",
+        help="config file (default: $IMGTRAIN_CONFIG, else ./config.yaml)",
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"imgtrain {__version__}",
+        help=argparse.SUPPRESS if not top else "print the version and exit",
+    )
+
+
+def _command_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """Every command and sub-command parser below `parser` (aliases counted once)."""
+    found: dict[int, argparse.ArgumentParser] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                if id(child) not in found:
+                    found[id(child)] = child
+                    for grandchild in _command_parsers(child):
+                        found.setdefault(id(grandchild), grandchild)
+    return list(found.values())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,13 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="imgtrain",
         description="Photo-ingest daemon: CLIP search, faces and people for a photo inbox.",
     )
-    parser.add_argument("--version", action="version", version=f"imgtrain {__version__}")
-    parser.add_argument(
-        "--config",
-        "-c",
-        default=None,
-        help="config file (default: $IMGTRAIN_CONFIG, else ./config.yaml)",
-    )
+    _add_global_options(parser, top=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
         try:
@@ -43,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.add_parser(sub)
+    for child in _command_parsers(parser):
+        _add_global_options(child, top=False)
     return parser
 
 

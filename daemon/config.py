@@ -132,6 +132,7 @@ class StoreConfig(_Section):
 
 class ModelsConfig(_Section):
     retry_seconds: float = Field(60.0, gt=0)
+    dir: str = "models"
 
 
 class Config(_Section):
@@ -306,6 +307,7 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
     )
     store = cfg.store.model_copy(update={"path": opt(cfg.store.path)})
     inbox = cfg.inbox.model_copy(update={"link_roots": [absolute(p) for p in cfg.inbox.link_roots]})
+    models = cfg.models.model_copy(update={"dir": opt(cfg.models.dir)})
     updates: dict[str, Any] = {
         "inbox": inbox,
         "inbox_dir": absolute(cfg.inbox_dir),
@@ -314,5 +316,6 @@ def load_config(path: str | Path | None = None, environ: Mapping[str, str] | Non
         "clip": clip,
         "faces": faces,
         "store": store,
+        "models": models,
     }
     return cfg.model_copy(update=updates)

@@ -16,6 +16,7 @@ class Code(StrEnum):
     MODEL_UNAVAILABLE = "MODEL_UNAVAILABLE"
     MODEL_MISMATCH = "MODEL_MISMATCH"
     DEVICE_UNAVAILABLE = "DEVICE_UNAVAILABLE"
+    MODEL_INVALID = "MODEL_INVALID"
     UNREADABLE_IMAGE = "UNREADABLE_IMAGE"
     UNSUPPORTED_FORMAT = "UNSUPPORTED_FORMAT"
     IMAGE_TOO_LARGE = "IMAGE_TOO_LARGE"
@@ -75,6 +76,16 @@ class DeviceUnavailable(ModelUnavailable):
 
 class ModelMismatch(ImgtrainError):
     code = Code.MODEL_MISMATCH
+
+
+class ModelInvalid(ImgtrainError):
+    """`imgtrain models import` was given something that is not the configured model."""
+
+    code = Code.MODEL_INVALID
+    default_hint = (
+        "Nothing was installed. Check that the copy is complete (compare its sha256 with the "
+        "source's) and that it is the model the config names."
+    )
 
 
 class ImageError(ImgtrainError):

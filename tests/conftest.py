@@ -65,6 +65,25 @@ def tiny_clip_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+def save_tiny_clip_weights(path: Path, arch: Path, seed: int = 1) -> Path:
+    """A real open_clip weights file (a state dict, as open_clip saves them) for `arch`."""
+    import open_clip
+    import torch
+
+    open_clip.add_model_config(arch)
+    torch.manual_seed(seed)
+    model = open_clip.create_model(arch.stem, pretrained=None, device="cpu")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_weights(tiny_clip_config: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Weights for the tiny architecture in a file: `clip.pretrained` as a local file."""
+    return save_tiny_clip_weights(tmp_path_factory.mktemp("weights") / "tiny.pt", tiny_clip_config)
+
+
 def make_jpeg(
     path: Path, size: tuple[int, int] = (320, 240), seed: int = 0, **save: object
 ) -> Path:

@@ -272,11 +272,23 @@ class Doctor:
 
     def _models(self, config: Config) -> tuple[Any, Any]:
         from daemon.models import ModelRegistry
+        from daemon.models.inventory import MISSING, fix_missing, locate
 
+        missing = [e for e in locate(config) if e.state == MISSING]  # never downloads
         registry = ModelRegistry(config)
-        clip = self._load("CLIP model", registry.clip) if "embedding" in config.phases else None
-        faces = self._load("face models", registry.faces) if "faces" in config.phases else None
-        return clip, faces
+        loaded: list[Any] = []
+        for name, phase, make, role in (
+            ("CLIP model", "embedding", registry.clip, "CLIP"),
+            ("face models", "faces", registry.faces, "face"),
+        ):
+            gone = [e for e in missing if e.role.startswith(role)]
+            if phase not in config.phases or gone:
+                if gone:
+                    self.add(name, Level.FAIL, fix_missing(gone, self.config_path))
+                loaded.append(None)
+            else:
+                loaded.append(self._load(name, make))
+        return loaded[0], loaded[1]
 
     def _load(self, name: str, make: Callable[[], Any]) -> Any:
         t0 = time.perf_counter()

@@ -39,7 +39,7 @@ class ModelRegistry:
     def clip(self) -> ClipModel:
         with self._lock:
             if self._clip is None:
-                self._clip = ClipModel(self.config.clip, self.config.device)
+                self._clip = ClipModel(self.config.clip, self.config.device, self.config.models.dir)
             return self._clip
 
     def faces(self) -> FaceAnalyzer:

@@ -2,8 +2,9 @@
 
 Weights come from one of three places, chosen by `clip.pretrained`:
 
-* an open_clip tag (`laion2b_s34b_b79k`): taken from the Hugging Face cache in
-  `clip.cache_dir` if it is there (no network at all), else downloaded;
+* an open_clip tag (`laion2b_s34b_b79k`): a file that `imgtrain models import`
+  put in `<models.dir>/clip/<model>/<tag>.*`, else the Hugging Face cache in
+  `clip.cache_dir` (no network at all for either), else downloaded;
 * a local weights file;
 * `none`: random weights, for tests and for trying the daemon out. Search
   results are then meaningless, and the daemon says so loudly.
@@ -62,14 +63,70 @@ def _looks_like_path(value: str) -> bool:
     return os.sep in value or "/" in value or value.endswith(WEIGHT_SUFFIXES)
 
 
+def looks_like_path(value: str) -> bool:
+    """Whether clip.pretrained names a weights file rather than an open_clip tag or `none`."""
+    return _looks_like_path(value.strip())
+
+
+def tag_slot(models_dir: str | Path, model: str, tag: str) -> Path:
+    """Where an imported file for a tag goes, less its suffix: <models.dir>/clip/<model>/<tag>."""
+    safe = model.replace("/", "--").replace(":", "-")
+    return Path(models_dir).expanduser() / "clip" / safe / tag
+
+
+def slot_file(models_dir: str | Path | None, model: str, tag: str) -> Path | None:
+    """The imported weights file for `tag`, if there is one."""
+    if not models_dir:
+        return None
+    base = tag_slot(models_dir, model, tag)
+    for suffix in WEIGHT_SUFFIXES:
+        path = base.with_name(base.name + suffix)
+        if path.is_file():
+            return path
+    return None
+
+
+def tag_source(tag_cfg: dict[str, Any]) -> str:
+    """The URL open_clip downloads a tag's weights from (the Hugging Face hub's, if it has one)."""
+    from huggingface_hub import hf_hub_url
+
+    hub = tag_cfg.get("hf_hub") or ""
+    if not hub:
+        return str(tag_cfg.get("url", ""))
+    repo, filename = os.path.split(hub)
+    return hf_hub_url(repo, filename or "open_clip_pytorch_model.bin")
+
+
+def cached_tag_file(cfg: ClipConfig, tag_cfg: dict[str, Any]) -> str | None:
+    """A tag's weights in the Hugging Face cache (clip.cache_dir), as open_clip would find them."""
+    from huggingface_hub import try_to_load_from_cache
+
+    hub = tag_cfg.get("hf_hub") or ""
+    if not hub:
+        return None
+    repo, filename = os.path.split(hub)
+    filename = filename or "open_clip_pytorch_model.bin"
+    # open_clip prefers a safetensors twin of a .bin file when the repository has one.
+    safe = "open_clip_model.safetensors" if filename.endswith(".bin") else None
+    for name in (safe, filename):
+        cached = name and try_to_load_from_cache(repo, name, cache_dir=cfg.cache_dir)
+        if isinstance(cached, str):
+            return cached
+    return None
+
+
 class ClipModel(InferenceModel):
     """One open_clip model shared by image and text encoding."""
 
-    def __init__(self, cfg: ClipConfig, device: str = "cpu") -> None:
+    def __init__(
+        self, cfg: ClipConfig, device: str = "cpu", models_dir: str | Path | None = None
+    ) -> None:
         super().__init__(f"clip:{cfg.model}")
         self.cfg = cfg
         self.device_setting = device  # the config's `device`, resolved when loading
         self.device: Device | None = None
+        self.models_dir = models_dir
+        self.weights_file: str | None = None  # the file loaded (None for random weights)
         self._model: Any = None
         self._preprocess: Any = None
         self._tokenizer: Any = None
@@ -118,6 +175,7 @@ class ClipModel(InferenceModel):
         dtype = clip_dtype(cfg.precision, device, not device.is_cuda and cpu_has_fast_bf16())
         self._register_architecture(open_clip)
         weights, preprocess_cfg = self._resolve_weights(open_clip)
+        self.weights_file = weights
         if cfg.threads > 0:
             torch.set_num_threads(cfg.threads)
         try:
@@ -147,6 +205,9 @@ class ClipModel(InferenceModel):
             RuntimeError,
             ValueError,
             KeyError,
+            EOFError,
+            IndexError,  # torch's unpickler on a file that is not a checkpoint at all
+            AssertionError,  # open_clip asserts shapes when a checkpoint is another model's
             pickle.UnpicklingError,
             SafetensorError,
         ) as exc:
@@ -233,6 +294,9 @@ class ClipModel(InferenceModel):
             None if _looks_like_path(value) else open_clip.get_pretrained_cfg(cfg.model, value)
         )
         if tag_cfg:
+            imported = slot_file(self.models_dir, cfg.model, value)
+            if imported is not None:
+                return str(imported), tag_cfg
             return self._tag_file(open_clip, value, tag_cfg), tag_cfg
         path = Path(value).expanduser()
         if path.is_file():
@@ -257,38 +321,35 @@ class ClipModel(InferenceModel):
         failing; one short request first turns that into a second or two.
         """
         from huggingface_hub import constants as hf_constants
-        from huggingface_hub import get_hf_file_metadata, hf_hub_url, try_to_load_from_cache
+        from huggingface_hub import get_hf_file_metadata
         from huggingface_hub.utils import httpx as hf_httpx
 
         cfg = self.cfg
         cache = cfg.cache_dir or hf_constants.HF_HUB_CACHE
-        hub = tag_cfg.get("hf_hub") or ""
-        repo, filename = os.path.split(hub)
-        filename = filename or "open_clip_pytorch_model.bin"
-        source = hf_hub_url(repo, filename) if hub else tag_cfg.get("url", "")
+        source = tag_source(tag_cfg)
+        slot = tag_slot(self.models_dir, cfg.model, tag) if self.models_dir else None
         hint = (
-            f'On a machine with internet access run: python -c "import open_clip; '
-            f"open_clip.create_model('{cfg.model}', pretrained='{tag}', cache_dir='{cache}')\" "
-            f"and copy {cache} here (that directory is clip.cache_dir), or download {source} "
-            "and set clip.pretrained to that file; then send SIGHUP (systemctl reload imgtrain)."
+            "Run `imgtrain models download` where the hub can be reached; without internet, "
+            f"download {source} on another machine, copy it here and run `imgtrain models "
+            f"import FILE`" + (f" (it goes to {slot.parent}/)" if slot else "") + ", or set "
+            "clip.pretrained to that file; then send SIGHUP (systemctl reload imgtrain)."
         )
+        where = f"{slot.parent} or {cache}" if slot else str(cache)
         t0 = time.monotonic()
-        if hub:
-            safe = "open_clip_model.safetensors" if filename.endswith(".bin") else None
-            for name in (safe, filename):
-                cached = name and try_to_load_from_cache(repo, name, cache_dir=cfg.cache_dir)
-                if isinstance(cached, str):
-                    return cached
+        if tag_cfg.get("hf_hub"):
+            cached = cached_tag_file(cfg, tag_cfg)
+            if cached is not None:
+                return cached
             if hf_constants.HF_HUB_OFFLINE:
                 raise ModelUnavailable(
-                    f"CLIP weights {cfg.model}/{tag} are not in {cache} and HF_HUB_OFFLINE is set",
+                    f"CLIP weights {cfg.model}/{tag} are not in {where} and HF_HUB_OFFLINE is set",
                     hint=hint,
                 )
             try:
-                get_hf_file_metadata(hf_hub_url(repo, filename), timeout=PROBE_TIMEOUT)
+                get_hf_file_metadata(source, timeout=PROBE_TIMEOUT)
             except (OSError, hf_httpx.HTTPError) as exc:
                 raise ModelUnavailable(
-                    f"CLIP weights {cfg.model}/{tag} are not in {cache} and "
+                    f"CLIP weights {cfg.model}/{tag} are not in {where} and "
                     f"{source} cannot be reached ({exc}; gave up after "
                     f"{time.monotonic() - t0:.1f}s)",
                     hint=hint,

@@ -62,7 +62,7 @@ class Face:
     embedding: np.ndarray  # float32, L2-normalised
 
 
-def _task(session: onnxruntime.InferenceSession) -> str | None:
+def model_task(session: onnxruntime.InferenceSession) -> str | None:
     """What insightface's ModelRouter would build from this model, by its shapes."""
     inputs, outputs = session.get_inputs(), session.get_outputs()
     shape = inputs[0].shape
@@ -103,6 +103,7 @@ class FaceAnalyzer(InferenceModel):
         self._align: Any = None
         self._one_at_a_time = False
         self._det_dynamic = False
+        self.files: tuple[Path, Path] | None = None  # (detector, recognizer) once loaded
         self.parallel = cfg.threads if cfg.threads > 0 else default_threads()
 
     @property
@@ -141,6 +142,7 @@ class FaceAnalyzer(InferenceModel):
         rec = arcface_cls(model_file=str(rec_path), session=rec_session)
         out = rec_session.get_outputs()[0].shape
         self._det, self._rec, self._align = det, rec, face_align
+        self.files = (det_path, rec_path)
         # A recognizer exported with batch size 1 cannot take all faces in one call.
         self._one_at_a_time = isinstance(rec.input_shape[0], int)
         if isinstance(out[-1], int):
@@ -186,8 +188,10 @@ class FaceAnalyzer(InferenceModel):
             return pack
         url = PACK_URL.format(pack=cfg.model_pack)
         hint = (
-            f"Download {url} and unzip it so that {pack} holds its .onnx files (at least the "
-            "det_*.onnx detector and the recognizer), then send SIGHUP (systemctl reload imgtrain)."
+            f"Run `imgtrain models download` where {url} can be reached; without internet, "
+            f"download it on another machine, copy it here and run `imgtrain models import "
+            f"{cfg.model_pack}.zip` (it unpacks into {pack}); then send SIGHUP "
+            "(systemctl reload imgtrain)."
         )
         if not cfg.download:
             raise ModelUnavailable(
@@ -224,7 +228,7 @@ class FaceAnalyzer(InferenceModel):
             path = Path(self.cfg.detector).expanduser()
             path = path if path.is_absolute() else pack / path
             session = make_ort_session(path, threads, self._ask)
-            if _task(session) != "detection":
+            if model_task(session) != "detection":
                 raise ModelUnavailable(f"faces.detector {path} is not a face detection model")
             det = (path, session)
         for path in sorted(pack.glob("*.onnx")):
@@ -233,7 +237,7 @@ class FaceAnalyzer(InferenceModel):
             if det is not None and path == det[0]:
                 continue
             session = make_ort_session(path, threads, self._ask)
-            task = _task(session)
+            task = model_task(session)
             if task == "detection" and det is None:
                 det = (path, session)
             elif task == "recognition" and rec is None:

@@ -27,6 +27,7 @@ from daemon.ingest.watch import Inbox
 from daemon.ledger import history
 from daemon.ledger.ledger import Ledger
 from daemon.models import ModelRegistry
+from daemon.models.inventory import require_models
 from daemon.phases.base import PhaseContext
 from daemon.phases.control import Control
 from daemon.phases.pipeline import Pipeline
@@ -274,6 +275,7 @@ class Service:
         self.progress.set_state(DaemonStatus.IDLE, "loading models")
         self.writer.poke()
         try:
+            require_models(self.config, self.config_path)  # names every missing model at once
             pipeline = self._build_pipeline()
             pipeline.setup()
         except ImgtrainError as exc:

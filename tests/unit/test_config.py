@@ -18,9 +18,11 @@ def test_shipped_config_yaml_is_valid_and_equals_the_defaults(tmp_path: Path) ->
     empty.write_text("")
     defaults = load_config(empty, environ={})
     # Same settings; only the base directory of relative paths differs.
-    assert shipped.model_dump(exclude={"inbox_dir", "data_dir", "status_dir", "faces"}) == (
-        defaults.model_dump(exclude={"inbox_dir", "data_dir", "status_dir", "faces"})
-    )
+    relative = {"inbox_dir", "data_dir", "status_dir", "faces", "models"}
+    assert shipped.model_dump(exclude=relative) == defaults.model_dump(exclude=relative)
+    assert shipped.models.model_dump(exclude={"dir"}) == defaults.models.model_dump(exclude={"dir"})
+    assert shipped.models.dir == str(REPO / "models")
+    assert defaults.models.dir == str(tmp_path / "models")
     assert shipped.inbox_dir == REPO / "inbox"
     assert shipped.status_path == REPO / "status" / "training_status.json"
 
