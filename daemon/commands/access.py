@@ -9,11 +9,15 @@ only the daemon's user should write there.
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import os
 import pwd
+import socket
 import stat
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from daemon.config import Config
 
@@ -95,3 +99,49 @@ def link_roots_note(config: Config) -> tuple[bool, str]:
     if missing:
         return False, f"{listed}: {', '.join(missing)} is not a folder (yet) -> check the path"
     return True, f"dropped links may lead into {listed}"
+
+
+@dataclass
+class DaemonUser:
+    """Whose permissions matter: the running daemon's, else the person running doctor."""
+
+    uid: int
+    gids: set[int]
+    name: str
+    source: str
+
+
+def daemon_user(status: Any, config: Config) -> DaemonUser:
+    import psutil
+
+    if status is not None and status.daemon.hostname == socket.gethostname():
+        try:
+            proc = psutil.Process(status.daemon.pid)
+            uid = proc.uids().effective
+            name = proc.username()
+            gids = set(proc.gids())
+            with contextlib.suppress(KeyError):  # a uid with no passwd entry
+                gids |= set(os.getgrouplist(name, pwd.getpwuid(uid).pw_gid))
+            return DaemonUser(uid, gids, name, f"the running daemon, pid {status.daemon.pid}")
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            pass
+    uid = os.geteuid()
+    name = pwd.getpwuid(uid).pw_name
+    return DaemonUser(uid, {os.getegid(), *os.getgroups()}, name, "you; the daemon is not running")
+
+
+def writable_by(path: Path, user: DaemonUser) -> bool:
+    if os.statvfs(path).f_flag & os.ST_RDONLY:
+        return False
+    if user.uid == os.geteuid():
+        return os.access(path, os.W_OK | os.X_OK)
+    if user.uid == 0:
+        return True
+    st = path.stat()
+    if st.st_uid == user.uid:
+        need = stat.S_IWUSR | stat.S_IXUSR
+    elif st.st_gid in user.gids:
+        need = stat.S_IWGRP | stat.S_IXGRP
+    else:
+        need = stat.S_IWOTH | stat.S_IXOTH
+    return st.st_mode & need == need

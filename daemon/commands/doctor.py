@@ -9,14 +9,7 @@ earlier one found missing says it was skipped instead of failing twice.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
-import pwd
-import socket
 import sqlite3
-import stat
-import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,7 +19,7 @@ from typing import Any
 
 from rich.text import Text
 
-from daemon.commands import access, context, render
+from daemon.commands import access, context, render, watchcheck
 from daemon.config import Config, load_config, resolve_config_path
 from daemon.errors import ConfigError, ImgtrainError
 
@@ -39,7 +32,6 @@ NETWORK_FS = frozenset(
 )
 DISK_FAIL_BYTES = 512 * 2**20  # below this the daemon will soon hit DISK_FULL
 DISK_WARN_BYTES = 5 * 2**30
-INOTIFY_WAIT_SECONDS = 3.0
 
 
 class Level(StrEnum):
@@ -54,16 +46,6 @@ class Check:
     level: Level
     detail: str
     seconds: float | None = None
-
-
-@dataclass
-class DaemonUser:
-    """Whose permissions matter: the running daemon's, else the person running doctor."""
-
-    uid: int
-    gids: set[int]
-    name: str
-    source: str
 
 
 @dataclass
@@ -85,7 +67,7 @@ class Doctor:
         # The status file says whose permissions count, so it is read first
         # and reported last, where a person looks for "is it running".
         status, status_checks = self._status(config)
-        user = _daemon_user(status, config)
+        user = access.daemon_user(status, config)
         for name, path in (
             ("inbox_dir", config.inbox_dir),
             ("data_dir", config.data_dir),
@@ -137,10 +119,10 @@ class Doctor:
         return status, checks
 
     # -- directories -------------------------------------------------------------------
-    def _directory(self, name: str, path: Path, user: DaemonUser) -> None:
+    def _directory(self, name: str, path: Path, user: access.DaemonUser) -> None:
         who = f"{user.name} ({user.source})"
         if path.is_dir():
-            if _writable_by(path, user):
+            if access.writable_by(path, user):
                 self.add(name, Level.OK, f"{path} exists and is writable by {who}")
             else:
                 self.add(
@@ -153,7 +135,7 @@ class Doctor:
             self.add(name, Level.FAIL, f"{path} exists but is not a directory")
             return
         parent = next((p for p in path.parents if p.exists()), Path("/"))
-        if _writable_by(parent, user):
+        if access.writable_by(parent, user):
             self.add(name, Level.WARN, f"{path} does not exist yet; the daemon creates it on start")
         else:
             self.add(
@@ -168,7 +150,7 @@ class Doctor:
         if not inbox.is_dir():
             self.add("inbox watch", Level.WARN, "skipped: the inbox does not exist yet")
             return
-        fstype, mount = _filesystem(inbox)
+        fstype, mount = watchcheck.filesystem(inbox)
         if config.inbox.polling:
             self.add(
                 "inbox watch",
@@ -185,7 +167,7 @@ class Doctor:
                 " there -> set inbox.polling: true",
             )
             return
-        seen, why = _inotify_sees(inbox)
+        seen, why = watchcheck.inotify_sees(inbox)
         if seen:
             self.add("inbox watch", Level.OK, f"inotify works on {inbox} ({fstype})")
         else:
@@ -196,7 +178,7 @@ class Doctor:
                 " -> set inbox.polling: true",
             )
 
-    def _access(self, config: Config, user: DaemonUser) -> None:
+    def _access(self, config: Config, user: access.DaemonUser) -> None:
         found = access.problems(config, user.uid, user.name)
         if found:
             self.add("access", Level.WARN, "; ".join(found))
@@ -351,90 +333,6 @@ class Doctor:
 
 
 # -- helpers -------------------------------------------------------------------------
-def _daemon_user(status: Any, config: Config) -> DaemonUser:
-    import psutil
-
-    if status is not None and status.daemon.hostname == socket.gethostname():
-        try:
-            proc = psutil.Process(status.daemon.pid)
-            uid = proc.uids().effective
-            name = proc.username()
-            gids = set(proc.gids())
-            with contextlib.suppress(KeyError):  # a uid with no passwd entry
-                gids |= set(os.getgrouplist(name, pwd.getpwuid(uid).pw_gid))
-            return DaemonUser(uid, gids, name, f"the running daemon, pid {status.daemon.pid}")
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            pass
-    uid = os.geteuid()
-    name = pwd.getpwuid(uid).pw_name
-    return DaemonUser(uid, {os.getegid(), *os.getgroups()}, name, "you; the daemon is not running")
-
-
-def _writable_by(path: Path, user: DaemonUser) -> bool:
-    if os.statvfs(path).f_flag & os.ST_RDONLY:
-        return False
-    if user.uid == os.geteuid():
-        return os.access(path, os.W_OK | os.X_OK)
-    if user.uid == 0:
-        return True
-    st = path.stat()
-    if st.st_uid == user.uid:
-        need = stat.S_IWUSR | stat.S_IXUSR
-    elif st.st_gid in user.gids:
-        need = stat.S_IWGRP | stat.S_IXGRP
-    else:
-        need = stat.S_IWOTH | stat.S_IXOTH
-    return st.st_mode & need == need
-
-
-def _filesystem(path: Path) -> tuple[str, str]:
-    import psutil
-
-    real = str(path.resolve())
-    best = ("unknown", "/")
-    for part in psutil.disk_partitions(all=True):
-        mount = part.mountpoint
-        inside = real == mount or real.startswith(mount.rstrip("/") + "/")
-        if inside and len(mount) >= len(best[1]):
-            best = (part.fstype, mount)
-    return best
-
-
-def _inotify_sees(inbox: Path) -> tuple[bool, str]:
-    """Watch the inbox with inotify and create a hidden file (the daemon ignores dotfiles)."""
-    try:
-        from watchdog.events import FileSystemEvent, FileSystemEventHandler
-        from watchdog.observers.inotify import InotifyObserver
-    except ImportError as exc:
-        return False, f"inotify is not available here ({exc})"
-
-    seen = threading.Event()
-
-    class Handler(FileSystemEventHandler):
-        def on_any_event(self, event: FileSystemEvent) -> None:
-            if os.path.basename(str(event.src_path)).startswith(".imgtrain-doctor-"):
-                seen.set()
-
-    observer = InotifyObserver()
-    try:
-        observer.schedule(Handler(), str(inbox), recursive=False)
-        observer.start()
-    except OSError as exc:
-        return False, str(exc)
-    try:
-        fd, name = tempfile.mkstemp(prefix=".imgtrain-doctor-", dir=inbox)
-        os.close(fd)
-        os.unlink(name)
-        ok = seen.wait(INOTIFY_WAIT_SECONDS)
-    except OSError as exc:
-        return False, f"cannot write a test file: {exc}"
-    finally:
-        observer.stop()
-        observer.join(timeout=5)
-    return ok, "" if ok else f"no event within {INOTIFY_WAIT_SECONDS:g} s"
-
-
-# -- the command -----------------------------------------------------------------------
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("doctor", help="check the setup: config, directories, models, store")
     render.add_json_flag(p)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from daemon.commands import doctor, render
+from daemon.commands import access, render, watchcheck
 from daemon.errors import InsufficientData
 from daemon.imaging.contactsheet import BACKGROUND, SheetFace, crop_face, layout, make_sheet
 from tests.conftest import make_jpeg
@@ -82,18 +82,18 @@ def test_write_permission_is_judged_for_the_daemons_user(tmp_path: Path) -> None
     d = tmp_path / "d"
     d.mkdir(mode=0o755)
     os.chown(d, os.geteuid(), os.getegid())
-    me = doctor.DaemonUser(os.geteuid(), {os.getegid()}, "me", "you")
-    nobody = doctor.DaemonUser(65534, {65534}, "nobody", "the running daemon")
-    assert doctor._writable_by(d, me)
-    assert not doctor._writable_by(d, nobody)
+    me = access.DaemonUser(os.geteuid(), {os.getegid()}, "me", "you")
+    nobody = access.DaemonUser(65534, {65534}, "nobody", "the running daemon")
+    assert access.writable_by(d, me)
+    assert not access.writable_by(d, nobody)
     d.chmod(0o777)
-    assert doctor._writable_by(d, nobody)
-    group = doctor.DaemonUser(65534, {65534, os.getegid()}, "nobody", "the running daemon")
+    assert access.writable_by(d, nobody)
+    group = access.DaemonUser(65534, {65534, os.getegid()}, "nobody", "the running daemon")
     d.chmod(0o775)
-    assert doctor._writable_by(d, group)
+    assert access.writable_by(d, group)
 
 
 def test_the_inbox_filesystem_is_found_by_its_longest_mount_prefix(tmp_path: Path) -> None:
-    fstype, mount = doctor._filesystem(tmp_path)
+    fstype, mount = watchcheck.filesystem(tmp_path)
     assert fstype and str(tmp_path.resolve()).startswith(mount)
-    assert doctor._filesystem(Path("/proc/self"))[0] == "proc"
+    assert watchcheck.filesystem(Path("/proc/self"))[0] == "proc"
