@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from daemon.commands import render
+from daemon.commands import context, render
 from daemon.config import Config
 from daemon.errors import ImgtrainError
 
@@ -56,7 +56,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     render.quiet_logs()
-    config = render.load(args)
+    config = context.load(args)
     action = args.action or "list"
     if action == "list":
         return _list(config, args.json, args.config)

@@ -17,7 +17,6 @@ and photos decoded on the GPU are prepared there too (`preprocess_pixels`).
 from __future__ import annotations
 
 import logging
-import os
 import pickle
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ import numpy as np
 
 from daemon.errors import DeviceUnavailable, ModelUnavailable
 from daemon.models.base import InferenceModel
+from daemon.models.clip_weights import cached_tag_file, path_like, slot_file, tag_slot, tag_source
 from daemon.models.device import (
     Device,
     clip_batch_size,
@@ -43,7 +43,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 PROBE_TIMEOUT = 10.0  # seconds for the one request that tells whether the hub is reachable
 
 
@@ -57,62 +56,6 @@ def cpu_has_fast_bf16() -> bool:
         if line.startswith("flags"):
             return bool({"avx512_bf16", "amx_bf16"} & set(line.split(":", 1)[-1].split()))
     return False
-
-
-def _looks_like_path(value: str) -> bool:
-    return os.sep in value or "/" in value or value.endswith(WEIGHT_SUFFIXES)
-
-
-def looks_like_path(value: str) -> bool:
-    """Whether clip.pretrained names a weights file rather than an open_clip tag or `none`."""
-    return _looks_like_path(value.strip())
-
-
-def tag_slot(models_dir: str | Path, model: str, tag: str) -> Path:
-    """Where an imported file for a tag goes, less its suffix: <models.dir>/clip/<model>/<tag>."""
-    safe = model.replace("/", "--").replace(":", "-")
-    return Path(models_dir).expanduser() / "clip" / safe / tag
-
-
-def slot_file(models_dir: str | Path | None, model: str, tag: str) -> Path | None:
-    """The imported weights file for `tag`, if there is one."""
-    if not models_dir:
-        return None
-    base = tag_slot(models_dir, model, tag)
-    for suffix in WEIGHT_SUFFIXES:
-        path = base.with_name(base.name + suffix)
-        if path.is_file():
-            return path
-    return None
-
-
-def tag_source(tag_cfg: dict[str, Any]) -> str:
-    """The URL open_clip downloads a tag's weights from (the Hugging Face hub's, if it has one)."""
-    from huggingface_hub import hf_hub_url
-
-    hub = tag_cfg.get("hf_hub") or ""
-    if not hub:
-        return str(tag_cfg.get("url", ""))
-    repo, filename = os.path.split(hub)
-    return hf_hub_url(repo, filename or "open_clip_pytorch_model.bin")
-
-
-def cached_tag_file(cfg: ClipConfig, tag_cfg: dict[str, Any]) -> str | None:
-    """A tag's weights in the Hugging Face cache (clip.cache_dir), as open_clip would find them."""
-    from huggingface_hub import try_to_load_from_cache
-
-    hub = tag_cfg.get("hf_hub") or ""
-    if not hub:
-        return None
-    repo, filename = os.path.split(hub)
-    filename = filename or "open_clip_pytorch_model.bin"
-    # open_clip prefers a safetensors twin of a .bin file when the repository has one.
-    safe = "open_clip_model.safetensors" if filename.endswith(".bin") else None
-    for name in (safe, filename):
-        cached = name and try_to_load_from_cache(repo, name, cache_dir=cfg.cache_dir)
-        if isinstance(cached, str):
-            return cached
-    return None
 
 
 class ClipModel(InferenceModel):
@@ -136,7 +79,7 @@ class ClipModel(InferenceModel):
         weights = cfg.pretrained
         if self._random:
             weights = "random"
-        elif _looks_like_path(weights):
+        elif path_like(weights):
             weights = Path(weights).name
         self.model_name = f"{cfg.model}/{weights}"
 
@@ -290,9 +233,7 @@ class ClipModel(InferenceModel):
         value = cfg.pretrained.strip()
         if self._random:
             return None, {}
-        tag_cfg = (
-            None if _looks_like_path(value) else open_clip.get_pretrained_cfg(cfg.model, value)
-        )
+        tag_cfg = None if path_like(value) else open_clip.get_pretrained_cfg(cfg.model, value)
         if tag_cfg:
             imported = slot_file(self.models_dir, cfg.model, value)
             if imported is not None:
@@ -301,7 +242,7 @@ class ClipModel(InferenceModel):
         path = Path(value).expanduser()
         if path.is_file():
             return str(path), {}
-        if _looks_like_path(value):
+        if path_like(value):
             raise ModelUnavailable(
                 f"CLIP weights file {path} does not exist",
                 hint=f"Put the {cfg.model} weights at {path} (or fix clip.pretrained), then "

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from daemon.errors import InvalidState, ModelInvalid, ModelUnavailable, NotFound
-from daemon.models.clip import WEIGHT_SUFFIXES, ClipModel, looks_like_path, tag_slot
+from daemon.models.clip import ClipModel
+from daemon.models.clip_weights import WEIGHT_SUFFIXES, looks_like_path, tag_slot
 from daemon.models.faces import FaceAnalyzer
 from daemon.models.inventory import (
     KNOWN_PACKS,
@@ -30,12 +31,10 @@ from daemon.models.inventory import (
     ModelEntry,
     clip_embed_dim,
     file_digest,
-    host,
     locate,
     pack_dir,
-    short_reason,
-    unreachable,
 )
+from daemon.models.reach import host, short_reason, unreachable
 
 if TYPE_CHECKING:
     from daemon.config import Config
@@ -270,7 +269,7 @@ def _download_clip(config: Config, say: Callable[[str], None]) -> Installed:
     from huggingface_hub import get_hf_file_metadata
 
     from daemon.humanize import size as human
-    from daemon.models.clip import tag_source
+    from daemon.models.clip_weights import tag_source
 
     cfg = config.clip
     tag_cfg = open_clip.get_pretrained_cfg(cfg.model, cfg.pretrained)

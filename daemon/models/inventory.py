@@ -11,17 +11,14 @@ so a truncated or mismatched file shows as `unloadable` with the reason.
 from __future__ import annotations
 
 import hashlib
-import re
 import sys
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 from daemon.errors import ModelUnavailable
-from daemon.models.clip import (
-    ClipModel,
+from daemon.models.clip import ClipModel
+from daemon.models.clip_weights import (
     cached_tag_file,
     looks_like_path,
     slot_file,
@@ -29,12 +26,12 @@ from daemon.models.clip import (
     tag_source,
 )
 from daemon.models.faces import PACK_URL, FaceAnalyzer, model_task
+from daemon.models.reach import host, short_reason, unreachable
 
 if TYPE_CHECKING:
     from daemon.config import Config, FacesConfig
 
 PRESENT, MISSING, UNLOADABLE = "present", "missing", "unloadable"
-PROBE_SECONDS = 5.0  # the most one reachability check may take, DNS included
 SHORT_SHA = 12
 
 # insightface's published packs: the detector and recognizer the daemon picks
@@ -263,54 +260,6 @@ def file_digest(path: Path) -> tuple[int, str]:
     with path.open("rb") as fh:
         digest = hashlib.file_digest(fh, "sha256").hexdigest()
     return path.stat().st_size, digest[:SHORT_SHA]
-
-
-def short_reason(text: str, limit: int = 300) -> str:
-    """A loader's message on one line, cut where it stops being useful to a person."""
-    line = " ".join(text.split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
-# -- the daemon's check before loading ---------------------------------------------
-def unreachable(urls: set[str], timeout: float = PROBE_SECONDS) -> dict[str, str]:
-    """{url: why} for each URL whose server does not answer within `timeout`.
-
-    Any HTTP answer counts as reachable. Each check runs in its own thread, so
-    a resolver that hangs costs `timeout` at most, once, whatever the count.
-    """
-    import requests
-
-    failed: dict[str, str] = {}
-
-    def probe(url: str) -> None:
-        try:
-            requests.head(url, timeout=timeout, allow_redirects=False)
-        except requests.RequestException as exc:
-            failed[url] = network_reason(exc)
-
-    threads = {url: threading.Thread(target=probe, args=(url,), daemon=True) for url in urls}
-    for thread in threads.values():
-        thread.start()
-    for url, thread in threads.items():
-        thread.join(timeout + 0.5)
-        if thread.is_alive():
-            failed[url] = f"no answer within {timeout:g} s"
-    return failed
-
-
-def network_reason(exc: BaseException) -> str:
-    """The part of a requests/urllib3 error a person needs: '[Errno -2] Name or service...'."""
-    text = str(exc)
-    found = re.findall(r"\[Errno -?\d+\] [^'\")\]]+", text)
-    if found:
-        return found[-1].strip()
-    if "timed out" in text.lower():
-        return "timed out"
-    return short_reason(text, 120)
-
-
-def host(url: str) -> str:
-    return urlsplit(url).hostname or url
 
 
 def imgtrain_command(config_path: str | Path | None = None) -> str:
