@@ -84,16 +84,27 @@ class FacesPhase:
         # Vectors first, ledger rows second: a crash in between repeats an
         # idempotent upsert; the reverse could leave rows without vectors.
         self.store.upsert_faces(ids, np.stack([f.embedding for f in faces]), metadatas)
-        now = time.time()
-        with self.ledger.transaction() as conn:
-            conn.executemany(
-                "INSERT OR IGNORE INTO faces(face_id, sha256, image_id, batch_id, det_score, area,"
-                " created_at) VALUES (?,?,?,?,?,?,?)",
-                [
-                    (fid, d.sha256, d.image_id, batch.batch_id, float(f.score), float(f.area), now)
-                    for fid, f in zip(ids, faces, strict=True)
-                ],
-            )
+        rows = [(fid, float(f.score), float(f.area)) for fid, f in zip(ids, faces, strict=True)]
+        self.record_rows(batch.batch_id, d, rows, faces)
+
+    def record_rows(
+        self, batch_id: int, d: DecodedImage, rows: list[tuple[str, float, float]], faces: list
+    ) -> None:
+        """The ledger rows clustering reads. A worker (daemon.workers) sends them back instead."""
+        insert_face_rows(self.ledger, batch_id, d.image_id, d.sha256, rows)
 
     def cleanup(self) -> None:
         """Models stay loaded between batches."""
+
+
+def insert_face_rows(
+    ledger: Any, batch_id: int, image_id: int, sha256: str, rows: list[tuple[str, float, float]]
+) -> None:
+    """One photo's faces, as (face_id, det_score, area), into the ledger; a repeat is ignored."""
+    now = time.time()
+    with ledger.transaction() as conn:
+        conn.executemany(
+            "INSERT OR IGNORE INTO faces(face_id, sha256, image_id, batch_id, det_score, area,"
+            " created_at) VALUES (?,?,?,?,?,?,?)",
+            [(fid, sha256, image_id, batch_id, score, area, now) for fid, score, area in rows],
+        )
