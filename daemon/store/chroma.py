@@ -145,8 +145,12 @@ class Store:
                         settings=settings,
                     )
                 except ValueError as exc:  # chromadb's "Could not connect to a Chroma server"
+                    refused = any(w in str(exc) for w in ("Unauthorized", "Forbidden"))
                     raise StoreUnavailable(
-                        f"cannot reach the Chroma server at {self.where}: {exc}"
+                        f"cannot reach the Chroma server at {self.where}: {exc}",
+                        hint="Check store.token (and store.token_header): the server refused it."
+                        if refused
+                        else None,
                     ) from exc
             else:
                 self._path.mkdir(parents=True, exist_ok=True)
