@@ -57,7 +57,8 @@ def headline(info: WorkersInfo) -> str:
     )
     if info.queue_wait_seconds is not None:
         text += (
-            f"; per job: {render.duration(info.queue_wait_seconds)} queued,"
+            f"; per job: {render.duration(info.queue_wait_seconds)} queued"
+            f" ({render.duration(info.dispatch_seconds)} dispatch),"
             f" {render.duration(info.result_delay_seconds)} result to ledger"
         )
     return text

@@ -123,6 +123,9 @@ class WorkersInfo(_Model):
     queue_wait_seconds: float | None = Field(
         None, description="median of recent jobs: queued until a worker started it"
     )
+    dispatch_seconds: float | None = Field(
+        None, description="median of recent jobs: a worker was free until it started the job"
+    )
     result_delay_seconds: float | None = Field(
         None, description="median of recent jobs: result ready until it was in the ledger"
     )

@@ -157,8 +157,8 @@ class _BatchRun:
                     continue
                 if not self.inflight and not self.todo:
                     break
-                self.pipeline.checkpoint(self.info)  # shutdown, pause, cancel
                 self._wait(POLL_SECONDS)
+                self.pipeline.checkpoint(self.info)  # shutdown, pause, cancel: before queueing more
         except (Interrupted, DiskFull):
             raise  # the batch resumes later: its jobs and results stay in Redis for it
         except BaseException:
@@ -167,15 +167,16 @@ class _BatchRun:
         if self.pending:
             raise RuntimeError(f"{len(self.pending)} images were never handed to a worker")
         self._forget()
-        wait, delay = self.runner.overheads.medians()
+        o = self.runner.overheads.medians()
         log.info(
-            "batch %d: %d chunk jobs (%d retried); queue wait %s s, result to ledger %s s"
-            " (recent medians)",
+            "batch %d: %d chunk jobs (%d retried); recent medians: queued %s s, dispatch %s s,"
+            " result to ledger %s s",
             self.info.batch_id,
             self.jobs,
             self.retries,
-            wait,
-            delay,
+            o["queue_wait_seconds"],
+            o["dispatch_seconds"],
+            o["result_delay_seconds"],
         )
 
     def _wait(self, seconds: float) -> None:
@@ -399,7 +400,9 @@ class _BatchRun:
             if chunk is not None:
                 self._retry(chunk, f"its result could not be read: {exc}", failed=True)
             return
-        self.runner.overheads.observe(job.enqueued_at, job.started_at, job.ended_at)
+        self.runner.overheads.observe(
+            job.enqueued_at, job.started_at, job.ended_at, job.worker_name
+        )
         with self.redis.pipeline() as p:
             job.delete(pipeline=p)
             p.srem(self.key, job.id)

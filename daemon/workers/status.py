@@ -139,31 +139,47 @@ def read_workers(cfg: WorkersConfig, conn: Redis) -> WorkersInfo:
 
 
 class Overheads:
-    """What the queue costs per job: waiting for a worker, and result to ledger (recent medians)."""
+    """What the queue costs per job, as recent medians: queued until started (which includes
+    waiting behind the jobs queued ahead), the dispatch alone (from the moment a worker was
+    free, or the job queued if later, until it started), and result until in the ledger.
+    Worker times are the worker's clock: across machines these are as exact as NTP."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self.queue_wait: deque[float] = deque(maxlen=RECENT)
+        self.dispatch: deque[float] = deque(maxlen=RECENT)
         self.result_delay: deque[float] = deque(maxlen=RECENT)
+        self._free_since: dict[str, datetime] = {}
 
     def observe(
-        self, enqueued: datetime | None, started: datetime | None, ended: datetime | None
+        self,
+        enqueued: datetime | None,
+        started: datetime | None,
+        ended: datetime | None,
+        worker: str | None = None,
     ) -> None:
         now = datetime.now(UTC)
         with self._lock:
             if enqueued and started:
                 self.queue_wait.append(max((started - enqueued).total_seconds(), 0.0))
+                free = self._free_since.get(worker or "")
+                # Only the job right after the worker's previous one tells the dispatch time.
+                if free is not None and free <= started:
+                    ready = max(enqueued, free)
+                    self.dispatch.append(max((started - ready).total_seconds(), 0.0))
             if ended:
                 self.result_delay.append(max((now - ended).total_seconds(), 0.0))
+                if worker:
+                    self._free_since[worker] = ended
 
-    def medians(self) -> tuple[float | None, float | None]:
+    def medians(self) -> dict[str, float | None]:
         with self._lock:
-            wait = statistics.median(self.queue_wait) if self.queue_wait else None
-            delay = statistics.median(self.result_delay) if self.result_delay else None
-        return (
-            None if wait is None else round(wait, 4),
-            None if delay is None else round(delay, 4),
-        )
+            named = {
+                "queue_wait_seconds": self.queue_wait,
+                "dispatch_seconds": self.dispatch,
+                "result_delay_seconds": self.result_delay,
+            }
+            return {k: round(statistics.median(v), 4) if v else None for k, v in named.items()}
 
 
 class WorkersMonitor:
@@ -190,11 +206,8 @@ class WorkersMonitor:
             self._thread.join(timeout=5)
 
     def info(self) -> WorkersInfo:
-        wait, delay = self.overheads.medians()
         with self._lock:
-            return self._info.model_copy(
-                update={"queue_wait_seconds": wait, "result_delay_seconds": delay}
-            )
+            return self._info.model_copy(update=self.overheads.medians())
 
     def refresh(self) -> None:
         try:

@@ -53,6 +53,9 @@ log = logging.getLogger(__name__)
 
 RECONNECT_SECONDS = 2.0
 STORE_RETRY_SECONDS = 5.0
+# RQ's registry upkeep (abandoned jobs, jobs stuck between queue and worker): every minute,
+# not every ten, so a job lost by a worker killed at the wrong moment comes back soon.
+MAINTENANCE_SECONDS = 60
 
 
 class ImgtrainWorker(SimpleWorker):
@@ -198,6 +201,7 @@ def run_worker(config: Config, name: str | None = None, *, burst: bool = False) 
             name=name,
             serializer=JSONSerializer,
             beat_seconds=cfg.heartbeat_seconds,
+            maintenance_interval=MAINTENANCE_SECONDS,
         )
         try:
             worker.work(burst=burst, with_scheduler=False)
