@@ -22,8 +22,6 @@ bounds Redis's memory (with `send_bytes`) and lets pause take effect soon.
 from __future__ import annotations
 
 import base64
-import contextlib
-import dataclasses
 import logging
 import time
 from collections import deque
@@ -32,18 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from daemon.errors import (
-    Code,
-    DiskFull,
-    ImageError,
-    Interrupted,
-    UnreadableImage,
-    WorkerFailed,
-)
+from daemon.errors import DiskFull, Interrupted, UnreadableImage, WorkerFailed
 from daemon.phases.ahead import chunked
-from daemon.phases.faces import insert_face_rows
 from daemon.status.model import ErrorInfo
-from daemon.vocab import DaemonStatus, ImageOutcome, ImageState, PendingImage, PhaseName
+from daemon.vocab import DaemonStatus, PendingImage
 from daemon.workers.connection import (
     JOB_FUNC,
     PAYLOAD_VERSION,
@@ -57,6 +47,7 @@ from daemon.workers.connection import (
     unavailable,
     warn_if_open,
 )
+from daemon.workers.results import BadResult, Recorder
 from daemon.workers.status import Overheads, heartbeats
 
 if TYPE_CHECKING:
@@ -85,10 +76,6 @@ class Chunk:
     failures: int = 0
     job_id: str = ""
     started_seen: float | None = None  # our monotonic clock when we first saw it started
-
-
-class _BadResult(ValueError):
-    pass
 
 
 class RemoteRunner:
@@ -127,8 +114,8 @@ class _BatchRun:
         self.runner, self.cfg, self.pipeline, self.info = runner, runner.cfg, pipeline, info
         self.redis: Redis = runner.redis
         self.queue = queue(self.cfg, self.redis)
-        self.phases = [str(p.name) for p in pipeline.image_phases]
-        self.pending = {p.image_id: p for p in pending}
+        self.recorder = Recorder(pipeline, info, pending)
+        self.pending = self.recorder.pending  # image id -> its phases still pending; shrinks
         self.order = [p.image_id for p in pending]
         self.todo: deque[Chunk] = deque()
         self.inflight: dict[int, Chunk] = {}
@@ -290,7 +277,8 @@ class _BatchRun:
                 except OSError as exc:
                     name = Path(img.rel_path).name
                     reason = exc.strerror or str(exc)
-                    self._failed(img, UnreadableImage(f"{name}: {reason}", path=img.rel_path))
+                    error = UnreadableImage(f"{name}: {reason}", path=img.rel_path)
+                    self.recorder.failed(img, error)
                     continue
                 item["data"] = base64.b64encode(data).decode("ascii")
             items.append(item)
@@ -395,8 +383,8 @@ class _BatchRun:
         if chunk is not None:
             self.inflight.pop(chunk.index, None)
         try:
-            self._apply(result)
-        except _BadResult as exc:
+            self.recorder.apply(result)
+        except BadResult as exc:
             if chunk is not None:
                 self._retry(chunk, f"its result could not be read: {exc}", failed=True)
             return
@@ -409,86 +397,6 @@ class _BatchRun:
             p.execute()
         if chunk is not None and any(i.image_id in self.pending for i in chunk.images):
             self._retry(chunk, "its result left images out", failed=True)
-
-    # -- recording -------------------------------------------------------------------
-    def _apply(self, result: Any) -> None:
-        """Record a result's outcomes for the images and phases the ledger still has pending."""
-        errors, by_phase, face_rows = self._parse(result)
-        for item, error in errors:
-            self._failed(item, error)
-        for phase in self.phases:
-            outcomes = by_phase[phase]
-            if not outcomes:
-                continue
-            if phase == PhaseName.FACES:
-                # Face rows before the outcome, as the local faces phase writes them.
-                for item, rows in face_rows:
-                    insert_face_rows(
-                        self.pipeline.ledger, self.info.batch_id, item.image_id, item.sha256, rows
-                    )
-            self.pipeline.record(self.info, phase, outcomes)
-            for o in outcomes:
-                self._done(o.image_id, {phase})
-
-    def _parse(
-        self, result: Any
-    ) -> tuple[
-        list[tuple[PendingImage, ImageError]],
-        dict[str, list[ImageOutcome]],
-        list[tuple[PendingImage, list[tuple[str, float, float]]]],
-    ]:
-        """Everything checked before anything is written: a bad result writes nothing."""
-        errors: list[tuple[PendingImage, ImageError]] = []
-        by_phase: dict[str, list[ImageOutcome]] = {p: [] for p in self.phases}
-        face_rows: list[tuple[PendingImage, list[tuple[str, float, float]]]] = []
-        try:
-            if result.get("v") != PAYLOAD_VERSION:
-                raise _BadResult(f"version {result.get('v')}, expected {PAYLOAD_VERSION}")
-            for entry in result["images"]:
-                item = self.pending.get(int(entry["image_id"]))
-                if item is None or item.sha256 != entry["sha256"]:
-                    continue  # recorded already (a duplicate result), or not one of ours
-                if entry.get("error"):
-                    errors.append((item, _image_error(entry["error"])))
-                    continue
-                for phase in self.phases:
-                    o = entry["outcomes"].get(phase)
-                    if phase not in item.phases or o is None:
-                        continue
-                    by_phase[phase].append(
-                        ImageOutcome(
-                            item.image_id,
-                            ImageState(o["state"]),
-                            o.get("error_code"),
-                            o.get("message"),
-                            dict(o.get("detail") or {}),
-                        )
-                    )
-                    if phase == PhaseName.FACES and entry.get("faces"):
-                        rows = [
-                            (str(f["face_id"]), float(f["det_score"]), float(f["area"]))
-                            for f in entry["faces"]
-                        ]
-                        if any(not fid.startswith(item.sha256 + ":") for fid, _, _ in rows):
-                            raise _BadResult(f"face ids that are not {item.sha256}:<n>")
-                        face_rows.append((item, rows))
-        except (AttributeError, KeyError, TypeError, ValueError) as exc:
-            raise _BadResult(f"{type(exc).__name__}: {exc}") from exc
-        return errors, by_phase, face_rows
-
-    def _failed(self, item: PendingImage, error: ImageError) -> None:
-        self.pipeline.record_failure(self.info, item, error)
-        self._done(item.image_id, set(item.phases))
-
-    def _done(self, image_id: int, phases: set[str]) -> None:
-        item = self.pending.get(image_id)
-        if item is None:
-            return
-        left = item.phases - phases
-        if left:
-            self.pending[image_id] = dataclasses.replace(item, phases=frozenset(left))
-        else:
-            del self.pending[image_id]
 
     def _forget(self) -> None:
         """Delete the batch's jobs and their results from Redis (best effort)."""
@@ -513,13 +421,6 @@ def _failure(job: Job) -> str:
     result = job.latest_result()
     text = (getattr(result, "exc_string", None) or "").strip()
     return text.splitlines()[-1] if text else f"the job ended {job.get_status(refresh=False)}"
-
-
-def _image_error(raw: dict[str, Any]) -> ImageError:
-    error = ImageError(str(raw["message"]))
-    with contextlib.suppress(ValueError):  # a code this daemon does not know: UNREADABLE_IMAGE
-        error.code = Code(raw["code"])
-    return error
 
 
 def _text(raw: Any) -> str:
