@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from daemon.config import Config
-from daemon.errors import WorkerFailed
+from daemon.errors import Cancelled, WorkerFailed
 from daemon.ledger.ledger import Ledger
 from daemon.phases.base import PhaseContext
 from daemon.phases.control import Control
@@ -30,7 +30,7 @@ from daemon.phases.pipeline import Pipeline
 from daemon.phases.registry import build_phases
 from daemon.status.progress import Progress
 from daemon.store.chroma import Store
-from daemon.vocab import PHASES, FileEntry
+from daemon.vocab import PHASES, DaemonStatus, FileEntry
 from daemon.workers.connection import JOB_FUNC, PAYLOAD_VERSION, batch_key, job_id, queue
 from daemon.workers.queue import MAX_FAILURES, RemoteRunner
 from tests.conftest import REPO, base_config, make_jpeg
@@ -315,3 +315,53 @@ def test_workers_says_redis_unavailable_with_the_url(tmp_path: Path) -> None:
     assert "REDIS_UNAVAILABLE" in out.stderr
     assert url.replace(":hunter2", "***") in out.stderr
     assert "hunter2" not in out.stderr + out.stdout
+
+
+def test_pause_holds_the_results_and_resume_records_them(
+    tmp_path: Path,
+    servers: tuple[RedisServer, ChromaServer],
+    worker: WorkerProc,
+) -> None:
+    from rq.job import Job
+    from rq.serializers import JSONSerializer
+
+    rig = RemoteRig(tmp_path, servers, [401, 402, 403, 404, 405, 406], [])
+    rig.ledger.set_paused(True)  # paused before the batch starts: it queues, then holds
+    runner = threading.Thread(target=rig.run)
+    runner.start()
+    try:
+        wait_for(lambda: rig.progress.status == DaemonStatus.PAUSED, 60, "the batch to pause")
+        ids = [job_id(QUEUE, rig.batch_id, c, 1) for c in range(2)]  # the first window
+
+        def done() -> bool:
+            jobs = Job.fetch_many(ids, connection=rig.redis, serializer=JSONSerializer)
+            return all(j is not None and j.get_status() == "finished" for j in jobs)
+
+        wait_for(done, 120, "the worker to finish the queued chunks")
+        # The worker's results wait in Redis; nothing reaches the ledger while paused.
+        assert rig.ledger.step_counts([rig.batch_id])[rig.batch_id]["embedding"] == [0, 6]
+        assert rig.progress.status == DaemonStatus.PAUSED
+        rig.ledger.set_paused(False)
+        runner.join(timeout=120)
+        assert not runner.is_alive()
+    finally:
+        rig.ledger.set_paused(False)
+        rig.stop.set()
+        runner.join(timeout=60)
+    assert rig.ledger.step_counts([rig.batch_id])[rig.batch_id]["faces"] == [6, 6]
+    assert rig.store.image_ids_present(rig.shas()) == set(rig.shas())
+
+
+def test_cancel_takes_the_queued_chunks_back(
+    tmp_path: Path,
+    servers: tuple[RedisServer, ChromaServer],
+    worker: WorkerProc,
+) -> None:
+    rig = RemoteRig(tmp_path, servers, [501, 502, 503, 504, 505, 506, 507, 508], [])
+    batch = rig.ledger.start_batch(rig.batch_id)
+    rig.ledger.request_cancel(rig.batch_id)  # acted on at the first check, after queueing
+    with pytest.raises(Cancelled):
+        rig.pipeline().run(batch)
+    assert rig.jobs_left() == [] and not rig.redis.exists(batch_key(QUEUE, rig.batch_id))
+    left = rig.ledger.pending_images(rig.batch_id)
+    assert len(left) >= 4  # the chunks never queued stay pending, for `queue retry`
