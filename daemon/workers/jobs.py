@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import socket
 import tempfile
+import threading
 import time
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from daemon.phases.ahead import decode_ahead
 from daemon.phases.base import BatchInfo, DecodedImage, ImagePhase, PhaseContext
 from daemon.phases.embedding import EmbeddingPhase
 from daemon.phases.faces import FacesPhase
-from daemon.vocab import IMAGE_PHASES, ImageOutcome
+from daemon.vocab import IMAGE_PHASES, ImageOutcome, PhaseName
 from daemon.workers.connection import PAYLOAD_VERSION
 
 
@@ -79,8 +80,13 @@ class _Failed:
 
 @dataclass
 class _Timings:
-    decode: float = 0.0
+    decode: float = 0.0  # summed over the decode threads
     phases: dict[str, float] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def decoded(self, seconds: float) -> None:
+        with self.lock:
+            self.decode += seconds
 
 
 class WorkerRuntime:
@@ -91,12 +97,11 @@ class WorkerRuntime:
         self.name = name or socket.gethostname()
         self.host = socket.gethostname()
         ctx = PhaseContext(config=config, store=store, ledger=None, models=models)
-        wanted = [p for p in IMAGE_PHASES if p in config.phases]
         self.phases: list[ImagePhase] = []
         self._faces: _CollectingFaces | None = None
-        for name_ in wanted:
+        for phase_name in (p for p in IMAGE_PHASES if p in config.phases):
             phase: ImagePhase
-            if name_ == "faces":
+            if phase_name == PhaseName.FACES:
                 phase = self._faces = _CollectingFaces()
             else:
                 phase = EmbeddingPhase()
@@ -182,7 +187,7 @@ class WorkerRuntime:
         except ImageError as exc:
             return _Failed(item, exc)
         finally:
-            timings.decode += time.monotonic() - t0
+            timings.decoded(time.monotonic() - t0)
         decoded = DecodedImage(
             image_id=item["image_id"],
             sha256=item["sha256"],
