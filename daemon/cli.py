@@ -19,7 +19,17 @@ from daemon.errors import ConfigError, ImgtrainError
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG = 0, 1, 78
 
 # Each module in daemon/commands/ offers add_parser(subparsers) and run(args) -> int.
-COMMANDS = ("run", "status", "search", "people", "queue", "models", "doctor")
+COMMANDS = (
+    "run",
+    "status",
+    "search",
+    "people",
+    "queue",
+    "models",
+    "doctor",
+    "worker",
+    "workers",
+)
 
 
 def _add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:

@@ -16,12 +16,20 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import EnvSettingsSource
 from pydantic_settings.sources.utils import parse_env_vars
 
 from daemon.errors import ConfigError
-from daemon.redact import redact
+from daemon.redact import redact, redact_url
 
 ENV_PREFIX = "IMGTRAIN_"
 CONFIG_ENV = "IMGTRAIN_CONFIG"
@@ -125,6 +133,9 @@ class ClusteringConfig(_Section):
 class StoreConfig(_Section):
     url: str | None = None
     path: str | None = None
+    # Sent to the Chroma server with every request; never shown (SecretStr).
+    token: SecretStr | None = None
+    token_header: Literal["Authorization", "X-Chroma-Token"] = "Authorization"
     hnsw_ef_search: int = Field(100, ge=10)
     hnsw_ef_construction: int = Field(200, ge=10)
     hnsw_max_neighbors: int = Field(32, ge=4)
@@ -133,6 +144,37 @@ class StoreConfig(_Section):
 class ModelsConfig(_Section):
     retry_seconds: float = Field(60.0, gt=0)
     dir: str = "models"
+
+
+class WorkersConfig(_Section):
+    """Where the image phases run: in the daemon (`local`) or on `imgtrain worker`s via RQ."""
+
+    backend: Literal["local", "rq"] = "local"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    queue: str = Field("imgtrain", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    job_timeout: int = Field(600, ge=10, le=86_400)
+    chunk_size: int = Field(64, ge=1, le=1024)
+    path_map: dict[str, str] = Field(default_factory=dict)
+    send_bytes: bool = False
+    heartbeat_seconds: float = Field(5.0, ge=0.5, le=60)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, url: str) -> str:
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            # The value may hold a password: the message shows it redacted.
+            raise ValueError(
+                f"must start with redis://, rediss:// (TLS) or unix:// (got {redact_url(url)!r})"
+            )
+        return url
+
+    @field_validator("path_map")
+    @classmethod
+    def _prefixes(cls, mapping: dict[str, str]) -> dict[str, str]:
+        for prefix, there in mapping.items():
+            if not prefix.startswith("/") or not there.startswith("/"):
+                raise ValueError(f"both sides must be absolute paths (got {prefix!r}: {there!r})")
+        return {k.rstrip("/") or "/": v.rstrip("/") or "/" for k, v in mapping.items()}
 
 
 class Config(_Section):
@@ -154,6 +196,7 @@ class Config(_Section):
     clustering: ClusteringConfig = Field(default_factory=ClusteringConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
     models: ModelsConfig = Field(default_factory=ModelsConfig)
+    workers: WorkersConfig = Field(default_factory=WorkersConfig)
 
     @model_validator(mode="after")
     def _phase_order(self) -> Config:
@@ -161,6 +204,13 @@ class Config(_Section):
             raise ValueError(f"phases lists a phase twice: {self.phases}")
         if "clustering" in self.phases and "faces" not in self.phases:
             raise ValueError("phases: clustering needs faces")
+        if self.workers.backend == "rq" and not self.store.url:
+            # The embedded PersistentClient is one process's store: Chroma documents it
+            # as unsafe across processes, and workers on other machines cannot reach it.
+            raise ValueError(
+                "workers.backend: rq needs store.url: workers upsert into a Chroma server"
+                " (`chroma run`); the embedded store is not shared between processes"
+            )
         return self
 
     # Derived locations: one place decides where things live.
@@ -244,6 +294,11 @@ def _describe(err: ValidationError, source: str) -> str:
         key = ".".join(str(p) for p in item["loc"]) or "(top level)"
         if item["type"] == "extra_forbidden":
             parts.append(f"{key}: unknown key")
+        elif not item["loc"] or key.endswith("token"):
+            # A check across keys would echo the whole config, and a token is a secret:
+            # the message names the keys and leaves the values out. (URLs are shown with
+            # their passwords blanked, below.)
+            parts.append(f"{key}: {item['msg']}")
         else:
             parts.append(f"{key}: {item['msg']} (got {item.get('input')!r})")
     return redact(f"{source}: " + "; ".join(parts))

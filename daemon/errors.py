@@ -31,6 +31,8 @@ class Code(StrEnum):
     INVALID_STATE = "INVALID_STATE"
     DISK_FULL = "DISK_FULL"
     STORE_UNAVAILABLE = "STORE_UNAVAILABLE"
+    REDIS_UNAVAILABLE = "REDIS_UNAVAILABLE"
+    WORKER_FAILED = "WORKER_FAILED"
     BATCH_FAILED = "BATCH_FAILED"
     CANCELLED = "CANCELLED"
     INTERNAL = "INTERNAL"
@@ -150,6 +152,24 @@ class InvalidState(ImgtrainError):
 class StoreUnavailable(ImgtrainError):
     code = Code.STORE_UNAVAILABLE
     default_hint = "Check store.url in config.yaml and that the Chroma server is running."
+
+
+class RedisUnavailable(ImgtrainError):
+    code = Code.REDIS_UNAVAILABLE
+    default_hint = (
+        "Check workers.redis_url in config.yaml and that redis-server is running; the daemon"
+        " keeps retrying and loses nothing."
+    )
+
+
+class WorkerFailed(ImgtrainError):
+    """A chunk of a batch failed on the workers again and again (the batch fails)."""
+
+    code = Code.WORKER_FAILED
+    default_hint = (
+        "See the workers' logs (journalctl -u imgtrain-worker); `imgtrain queue retry ID`"
+        " runs the batch again."
+    )
 
 
 class DiskFull(ImgtrainError):

@@ -184,8 +184,20 @@ def view(s: Status, live: Liveness) -> RenderableType:
     overall = _overall_line(s)
     if overall:
         parts.append(Text(overall))
+    if s.workers is not None:
+        parts.extend(_workers(s))
     parts.extend(_history(s))
     return Group(*parts)
+
+
+def _workers(s: Status) -> list[RenderableType]:
+    from daemon.commands import workers
+
+    info = s.workers
+    assert info is not None
+    if not info.reachable:
+        return [Text(f"Workers: Redis at {info.redis} does not answer ({info.error})", style="red")]
+    return [Text(workers.headline(info)), workers.view(info, now=s.updated_at)]
 
 
 # -- the command -------------------------------------------------------------------

@@ -84,11 +84,15 @@ class FacesPhase:
         # Vectors first, ledger rows second: a crash in between repeats an
         # idempotent upsert; the reverse could leave rows without vectors.
         self.store.upsert_faces(ids, np.stack([f.embedding for f in faces]), metadatas)
+        rows = [(fid, float(f.score), float(f.area)) for fid, f in zip(ids, faces, strict=True)]
+        self.record_rows(batch.batch_id, d, rows, faces)
+
+    def record_rows(
+        self, batch_id: int, d: DecodedImage, rows: list[tuple[str, float, float]], faces: list
+    ) -> None:
+        """The ledger rows clustering reads. A worker (daemon.workers) sends them back instead."""
         self.ledger.faces.add(
-            batch.batch_id,
-            d.image_id,
-            d.sha256,
-            [NewFace(fid, f.score, f.area) for fid, f in zip(ids, faces, strict=True)],
+            batch_id, d.image_id, d.sha256, [NewFace(fid, score, area) for fid, score, area in rows]
         )
 
     def cleanup(self) -> None:

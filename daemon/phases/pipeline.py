@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Protocol
 
 from daemon.errors import ImageError
 from daemon.ledger.ledger import Ledger
@@ -54,6 +55,16 @@ class DecodeFailure:
     error: ImageError
 
 
+class ChunkRunner(Protocol):
+    """Runs a batch's image phases elsewhere (`daemon.workers`: RQ workers). It hands every
+    outcome back through `Pipeline.record` / `record_failure`, so the ledger, the progress
+    and the control checks are the same as when the phases run here."""
+
+    def setup(self) -> None: ...
+
+    def run(self, pipeline: Pipeline, info: BatchInfo, pending: list[PendingImage]) -> None: ...
+
+
 class Pipeline:
     def __init__(
         self,
@@ -63,8 +74,10 @@ class Pipeline:
         progress: Progress,
         control: Control,
         poke: Callable[[], None],
+        runner: ChunkRunner | None = None,
     ) -> None:
         self.ctx = ctx
+        self.runner = runner
         self.ledger: Ledger = ctx.ledger
         self.image_phases = list(image_phases)
         self.batch_phases = list(batch_phases)
@@ -78,11 +91,15 @@ class Pipeline:
 
     def setup(self) -> None:
         """Load every phase's models; raises ModelUnavailable / ModelMismatch."""
-        for phase in [*self.image_phases, *self.batch_phases]:
+        # With a runner the image phases' models live on the workers, not here.
+        local = self.image_phases if self.runner is None else []
+        for phase in [*local, *self.batch_phases]:
             phase.setup(self.ctx)
         clip = getattr(self.ctx.models, "loaded_clip", None)
         self.decoding = decoding.choose(self.ctx.config, clip)
         log.info("decoding: %s, %d images a chunk", self.decoding.where, self.decoding.chunk)
+        if self.runner is not None:
+            self.runner.setup()
 
     def counts_for(self, batch: Batch) -> dict[str, PhaseCount]:
         steps = self.ledger.step_counts([batch.batch_id])[batch.batch_id]
@@ -154,6 +171,9 @@ class Pipeline:
             self._mark(info, name, PhaseState.RUNNING)
 
     def _run_image_phases(self, info: BatchInfo, pending: list[PendingImage]) -> None:
+        if self.runner is not None:
+            self.runner.run(self, info, pending)
+            return
         chunks = decode_ahead(
             pending, partial(self._decode, info), chunk=self.decoding.chunk, workers=self.workers
         )
@@ -222,6 +242,18 @@ class Pipeline:
                 if d.image is not None:
                     d.image.close()
                 d.prepared.clear()
+
+    # -- outcomes computed by a chunk runner, recorded as the local path records them
+    def record(self, info: BatchInfo, phase: str, outcomes: list[ImageOutcome]) -> None:
+        self._start(info, phase)
+        self.ledger.record_outcomes(info.batch_id, phase, outcomes)
+        self.progress.advance(phase, len(outcomes))
+
+    def record_failure(self, info: BatchInfo, item: PendingImage, error: ImageError) -> None:
+        self._record_decode_failure(info, DecodeFailure(item, error))
+
+    def checkpoint(self, info: BatchInfo) -> None:
+        self.control.checkpoint(info.batch_id, "between chunks")
 
     def _record_decode_failure(self, info: BatchInfo, failure: DecodeFailure) -> None:
         item, exc = failure.image, failure.error

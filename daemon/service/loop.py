@@ -87,6 +87,12 @@ class Service:
         self._started = time.monotonic()
         self.random_weights = False
         self.stop_reason = "stopped"
+        self.monitor = None
+        if config.workers.backend == "rq":
+            from daemon.workers.status import WorkersMonitor
+
+            # Read in a thread of its own: a Redis that hangs never holds up a status write.
+            self.monitor = WorkersMonitor(config.workers)
 
     # -- wiring ----------------------------------------------------------------
     def _build_pipeline(self) -> Pipeline:
@@ -96,7 +102,16 @@ class Service:
         control = Control(
             self.ledger, self.stop, self.progress, self.writer.poke, cfg.queue.control_poll_seconds
         )
-        return Pipeline(ctx, image_phases, batch_phases, self.progress, control, self.writer.poke)
+        runner = None
+        if self.monitor is not None:
+            from daemon.workers.queue import RemoteRunner
+
+            runner = RemoteRunner(
+                cfg, on_wait=self.notifier.watchdog, overheads=self.monitor.overheads
+            )
+        return Pipeline(
+            ctx, image_phases, batch_phases, self.progress, control, self.writer.poke, runner
+        )
 
     def _build_status(self) -> Status:
         self.progress.set_queue(self.ledger.queue_counts(), self.ledger.is_paused())
@@ -107,6 +122,8 @@ class Service:
             self.progress.set_totals(history.totals(self.ledger))
         self.progress.set_errors(history.recent_errors(self.ledger, self.config.status.max_errors))
         status = self.progress.snapshot()
+        if self.monitor is not None:
+            status.workers = self.monitor.info()
         self.notifier.status(status.message)
         return status
 
@@ -162,7 +179,7 @@ class Service:
         ]
         needs_restart = [
             k
-            for k in ("inbox_dir", "data_dir", "status_dir", "status")
+            for k in ("inbox_dir", "data_dir", "status_dir", "status", "workers")
             if getattr(new, k) != getattr(self.config, k)
         ]
         # Link roots and limits apply now (a refused folder is claimed after raising one).
@@ -200,6 +217,8 @@ class Service:
         self.writer.flush()  # a crashed predecessor's status is corrected at once
         recover_claims(self.ledger, self.config)
         self.writer.start()
+        if self.monitor is not None:
+            self.monitor.start()
         self.inbox.start()
         self.notifier.ready(f"watching {self.config.inbox_dir}")
         log.info("watching %s (pid ready)", self.config.inbox_dir)
@@ -383,6 +402,8 @@ class Service:
             message += f"; batch {self.current.batch_id} '{self.current.name}' resumes on restart"
         self.progress.end_batch()
         self.progress.set_state(DaemonStatus.STOPPED, message)
+        if self.monitor is not None:
+            self.monitor.stop()
         self.writer.stop()
         self.writer.flush()
         w, up = self.writer, time.monotonic() - self._started

@@ -107,6 +107,38 @@ class SystemInfo(_Model):
     )
 
 
+class WorkerInfo(_Model):
+    name: str
+    host: str | None = None
+    state: str = Field(description="idle, busy, or dead (its heartbeats stopped)")
+    current_job: str | None = Field(None, description="the chunk job it is running")
+    images_per_second: float | None = Field(None, description="over its last job")
+    images: int = Field(0, description="images it processed since it started")
+    last_heartbeat: datetime | None = None
+
+
+class WorkersInfo(_Model):
+    """Set when workers.backend is rq: the queue and the workers, as Redis last told."""
+
+    backend: str = "rq"
+    redis: str = Field(description="workers.redis_url without its password")
+    queue: str
+    reachable: bool = Field(description="false while Redis does not answer (the daemon retries)")
+    error: str | None = None
+    queue_depth: int | None = Field(None, description="chunk jobs waiting for a worker")
+    workers: list[WorkerInfo] = Field(default_factory=list)
+    queue_wait_seconds: float | None = Field(
+        None, description="median of recent jobs: queued until a worker started it"
+    )
+    dispatch_seconds: float | None = Field(
+        None, description="median of recent jobs: a worker was free until it started the job"
+    )
+    result_delay_seconds: float | None = Field(
+        None, description="median of recent jobs: result ready until it was in the ledger"
+    )
+    checked_at: datetime | None = None
+
+
 class Status(_Model):
     """The whole status file. Fields keep their meaning; new ones may be added."""
 
@@ -135,6 +167,7 @@ class Status(_Model):
     errors: list[ErrorEntry] = Field(default_factory=list, description="most recent first")
     totals: Totals = Field(default_factory=Totals)
     system: SystemInfo = Field(default_factory=SystemInfo)
+    workers: WorkersInfo | None = Field(None, description="the RQ workers (workers.backend rq)")
 
 
 def honest_percentage(done: float, total: float, steps_left: bool) -> float:

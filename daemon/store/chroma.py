@@ -37,7 +37,7 @@ from daemon.errors import (
     ModelMismatch,
     StoreUnavailable,
 )
-from daemon.redact import redact
+from daemon.redact import redact, redact_url
 
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI
@@ -97,18 +97,29 @@ def clean_metadata(metadata: dict[str, Any]) -> Metadata:
 
 def _parse_url(url: str) -> tuple[str, int, bool]:
     parts = urlsplit(url if "://" in url else f"http://{url}")
+    shown = redact_url(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(
-            f"store.url {redact(url)!r} is not an http(s) URL",
+            f"store.url {shown!r} is not an http(s) URL",
             hint="Write it as http://HOST:PORT (for example http://127.0.0.1:8000).",
         )
     if parts.path not in ("", "/"):
         raise ConfigError(
-            f"store.url {redact(url)!r} has a path ({parts.path}); Chroma serves at the root",
+            f"store.url {shown!r} has a path ({parts.path}); Chroma serves at the root",
             hint="Write it as http://HOST:PORT without a path.",
         )
     ssl = parts.scheme == "https"
     return parts.hostname, parts.port or (443 if ssl else 8000), ssl
+
+
+def _auth_headers(cfg: Any) -> dict[str, str] | None:
+    """The header carrying store.token, as Chroma's token authentication reads it."""
+    if cfg.token is None:
+        return None
+    token = cfg.token.get_secret_value()
+    if cfg.token_header == "Authorization":
+        return {"Authorization": f"Bearer {token}"}
+    return {"X-Chroma-Token": token}
 
 
 class Store:
@@ -121,18 +132,27 @@ class Store:
         self._cfg = config.store
         self._path = config.chroma_path
         # Shown in errors, the log and doctor: never with a password in it.
-        self.where = redact(self._cfg.url) if self._cfg.url else str(self._path)
+        self.where = redact_url(self._cfg.url) if self._cfg.url else str(self._path)
         settings = Settings(anonymized_telemetry=False)
         with self._guard("connect to"):
             if self._cfg.url:
                 host, port, ssl = _parse_url(self._cfg.url)
                 try:
                     self._client: ClientAPI = chromadb.HttpClient(
-                        host=host, port=port, ssl=ssl, settings=settings
+                        host=host,
+                        port=port,
+                        ssl=ssl,
+                        headers=_auth_headers(self._cfg),
+                        settings=settings,
                     )
                 except ValueError as exc:  # chromadb's "Could not connect to a Chroma server"
+                    refused = any(w in str(exc) for w in ("Unauthorized", "Forbidden"))
                     raise StoreUnavailable(
-                        f"cannot reach the Chroma server at {self.where}: {redact(str(exc))}"
+                        # Shown in errors, the log and doctor: never with a password in it.
+                        f"cannot reach the Chroma server at {self.where}: {exc}",
+                        hint="Check store.token (and store.token_header): the server refused it."
+                        if refused
+                        else None,
                     ) from exc
             else:
                 self._path.mkdir(parents=True, exist_ok=True)

@@ -31,11 +31,11 @@ LAYERS: dict[str, int] = {
     "people": 6,
     "phases": 7,
     "ingest": 7,
-    "workers": 7,
-    "service": 8,
-    "commands": 9,
-    "cli": 10,
-    "__main__": 11,
+    "workers": 8,
+    "service": 9,
+    "commands": 10,
+    "cli": 11,
+    "__main__": 12,
 }
 
 

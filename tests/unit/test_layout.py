@@ -32,6 +32,7 @@ def sql_in(source: str) -> list[tuple[int, str]]:
             isinstance(node, ast.Call)
             and isinstance(node.func, ast.Attribute)
             and node.func.attr in EXECUTE
+            and node.args  # SQL's execute takes a statement; a Redis pipeline's takes none
         ):
             found.append((node.lineno, f".{node.func.attr}() call"))
     return sorted(found)
@@ -46,6 +47,7 @@ def test_the_sql_finder_sees_every_form() -> None:
         "conn.executemany(a, [])\n"
         'd = "Select the best face"  # prose, not SQL\n'
         "e = store.query(a)  # Chroma's query, not SQL\n"
+        "pipe.execute()  # a Redis pipeline, not SQL\n"
     )
     assert [line for line, _ in sql_in(source)] == [1, 2, 3, 5, 6]
 
