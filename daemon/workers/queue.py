@@ -21,22 +21,19 @@ bounds Redis's memory (with `send_bytes`) and lets pause take effect soon.
 
 from __future__ import annotations
 
-import base64
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from daemon.errors import DiskFull, Interrupted, UnreadableImage, WorkerFailed
+from daemon.errors import DiskFull, Interrupted, WorkerFailed
 from daemon.phases.ahead import chunked
 from daemon.status.model import ErrorInfo
 from daemon.vocab import DaemonStatus, PendingImage
+from daemon.workers.chunks import Chunk, as_text, failure_text, job_items, job_payload
 from daemon.workers.connection import (
     JOB_FUNC,
-    PAYLOAD_VERSION,
     RESULT_TTL,
     batch_key,
     connect,
@@ -66,16 +63,6 @@ REDIS_RETRY = 2.0  # seconds between tries while Redis does not answer
 TIMEOUT_SLACK = 30.0  # seconds past job_timeout before the daemon gives up on a started job
 PER_WORKER = 2  # chunks queued per registered worker (at least MIN_WINDOW)
 MIN_WINDOW = 2
-
-
-@dataclass
-class Chunk:
-    index: int
-    images: list[PendingImage]
-    attempt: int = 0
-    failures: int = 0
-    job_id: str = ""
-    started_seen: float | None = None  # our monotonic clock when we first saw it started
 
 
 class RemoteRunner:
@@ -207,7 +194,7 @@ class _BatchRun:
 
         found = []
         for raw in self.redis.smembers(self.key):
-            jid = _text(raw)
+            jid = as_text(raw)
             parsed = parse_job_id(self.cfg.queue, jid)
             if parsed is not None and parsed[0] == self.info.batch_id:
                 found.append((parsed[1], parsed[2], jid))
@@ -263,40 +250,16 @@ class _BatchRun:
     def _enqueue(self, chunk: Chunk) -> None:
         pending = self.pending
         chunk.images = [pending[i.image_id] for i in chunk.images if i.image_id in pending]
-        items = []
-        for img in chunk.images:
-            item: dict[str, Any] = {
-                "image_id": img.image_id,
-                "sha256": img.sha256,
-                "rel_path": img.rel_path,
-                "phases": sorted(img.phases),
-            }
-            if self.cfg.send_bytes:
-                try:
-                    data = (self.info.path / img.rel_path).read_bytes()
-                except OSError as exc:
-                    name = Path(img.rel_path).name
-                    reason = exc.strerror or str(exc)
-                    error = UnreadableImage(f"{name}: {reason}", path=img.rel_path)
-                    self.recorder.failed(img, error)
-                    continue
-                item["data"] = base64.b64encode(data).decode("ascii")
-            items.append(item)
+        items, unreadable = job_items(chunk.images, self.info.path, self.cfg.send_bytes)
+        for img, error in unreadable:
+            self.recorder.failed(img, error)
         chunk.images = [self.pending[i["image_id"]] for i in items]
         if not items:
             return
         chunk.attempt += 1
         chunk.job_id = job_id(self.cfg.queue, self.info.batch_id, chunk.index, chunk.attempt)
         chunk.started_seen = None
-        payload = {
-            "v": PAYLOAD_VERSION,
-            "batch_id": self.info.batch_id,
-            "name": self.info.name,
-            "root": str(self.info.path),
-            "chunk": chunk.index,
-            "attempt": chunk.attempt,
-            "images": items,
-        }
+        payload = job_payload(self.info, chunk, items)
         try:
             with self.redis.pipeline() as p:
                 self.queue.enqueue_call(
@@ -367,7 +330,7 @@ class _BatchRun:
                 self._finished(job, chunk)
                 self.pipeline.checkpoint(self.info)
             elif status in (JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
-                self._retry(chunk, _failure(job), failed=True)
+                self._retry(chunk, failure_text(job), failed=True)
             elif status == JobStatus.STARTED:
                 if chunk.started_seen is None:
                     chunk.started_seen = now
@@ -404,7 +367,7 @@ class _BatchRun:
         from rq.serializers import JSONSerializer
 
         try:
-            ids = [_text(r) for r in self.redis.smembers(self.key)]
+            ids = [as_text(r) for r in self.redis.smembers(self.key)]
             jobs = Job.fetch_many(ids, connection=self.redis, serializer=JSONSerializer)
             with self.redis.pipeline() as p:
                 for job in jobs:
@@ -414,14 +377,3 @@ class _BatchRun:
                 p.execute()
         except redis_errors() as exc:
             log.warning("could not delete batch %d's jobs from Redis: %s", self.info.batch_id, exc)
-
-
-def _failure(job: Job) -> str:
-    """The last line of a failed job's traceback: the error, without the stack."""
-    result = job.latest_result()
-    text = (getattr(result, "exc_string", None) or "").strip()
-    return text.splitlines()[-1] if text else f"the job ended {job.get_status(refresh=False)}"
-
-
-def _text(raw: Any) -> str:
-    return raw.decode() if isinstance(raw, bytes) else str(raw)
