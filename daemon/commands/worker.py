@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from daemon.commands import render
+from daemon.commands import context
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -23,6 +23,6 @@ def run(args: argparse.Namespace) -> int:
     from daemon.service.logs import setup_logging
     from daemon.service.worker import run_worker
 
-    config = render.load(args)
+    config = context.load(args)
     setup_logging(config.log_level)
     return run_worker(config, args.name, burst=args.burst)

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from rich.table import Table
 from rich.text import Text
 
-from daemon.commands import render
+from daemon.commands import context, render
 from daemon.status.model import WorkersInfo
 
 
@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     from daemon.workers.connection import connect, redis_errors, unavailable
     from daemon.workers.status import read_workers
 
-    config = render.load(args)
+    config = context.load(args)
     conn = connect(config.workers)
     try:
         info = read_workers(config.workers, conn)
