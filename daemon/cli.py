@@ -19,7 +19,7 @@ from daemon.errors import ConfigError, ImgtrainError
 EXIT_OK, EXIT_ERROR, EXIT_CONFIG = 0, 1, 78
 
 # Each module in daemon/commands/ offers add_parser(subparsers) and run(args) -> int.
-COMMANDS = ("run", "status", "search", "people", "queue", "doctor")
+COMMANDS = ("run", "status", "search", "people", "queue", "reindex", "doctor")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -100,6 +100,20 @@ class SystemInfo(_Model):
     disk_free_bytes: int | None = Field(None, description="free bytes on the data directory's disk")
 
 
+class ReindexProgress(_Model):
+    model: str = Field(description="the CLIP model the library is being (or was) indexed with")
+    from_model: str | None = Field(None, description="the model search uses until it completes")
+    state: str = Field(description="running, completed, cancelled or failed")
+    done: int = Field(description="library images in the new model's collection")
+    total: int = Field(description="images in the library")
+    percentage: float = Field(description="done / total * 100; 100 only when completed")
+    eta_seconds: float | None = Field(None, description="estimated seconds of re-index work left")
+    eta_at: datetime | None = Field(None, description="estimated UTC time it completes")
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    message: str | None = Field(None, description="why it failed, or what it left out")
+
+
 class Status(_Model):
     """The whole status file. Fields keep their meaning; new ones may be added."""
 
@@ -128,6 +142,9 @@ class Status(_Model):
     errors: list[ErrorEntry] = Field(default_factory=list, description="most recent first")
     totals: Totals = Field(default_factory=Totals)
     system: SystemInfo = Field(default_factory=SystemInfo)
+    reindex: ReindexProgress | None = Field(
+        None, description="the latest `imgtrain reindex`; runs between batches"
+    )
 
 
 def honest_percentage(done: float, total: float, steps_left: bool) -> float:
