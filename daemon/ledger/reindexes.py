@@ -10,6 +10,7 @@ caller's transaction when there is one.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,6 +163,15 @@ class Reindexes:
                 (*_GONE, after, limit),
             )
         ]
+
+    def held(self, shas: list[str]) -> set[str]:
+        """The photos among `shas` the library still holds (none taken out meanwhile)."""
+        rows = self.db.query(
+            "SELECT DISTINCT i.sha256 FROM json_each(?) j JOIN images i ON i.sha256 = j.value"
+            f" JOIN batches b USING(batch_id) WHERE b.state NOT IN ({','.join('?' * len(_GONE))})",
+            (json.dumps(shas), *_GONE),
+        )
+        return {r["sha256"] for r in rows}
 
     def library_size(self) -> int:
         """Distinct photos with a vector: what a complete collection holds."""

@@ -139,12 +139,14 @@ class Reindexer:
                 good = [i for i in items if i.error is None]
                 if good:
                     vectors = slot.clip.embed_tensors([i.tensor for i in good])
-                    self.store.upsert_images(
-                        [i.image.sha256 for i in good],
-                        vectors,
-                        [self._metadata(i, slot.model) for i in good],
-                        name=slot.collection,
-                    )
+                    shas = [i.image.sha256 for i in good]
+                    metas = [self._metadata(i, slot.model) for i in good]
+                    self.store.upsert_images(shas, vectors, metas, name=slot.collection)
+                    # A batch taken out meanwhile (`queue remove`) marks itself before it
+                    # deletes vectors: a photo it took is either gone from the ledger
+                    # now, or its vector was stored before that deletion.
+                    gone = set(shas) - self.ledger.reindexes.held(shas)
+                    self.store.delete_images(sorted(gone), name=slot.collection)
                 for bad in (i for i in items if i.error is not None):
                     self._unreadable(bad)
                 now = time.monotonic()

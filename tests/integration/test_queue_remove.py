@@ -115,6 +115,8 @@ def test_a_removed_batch_leaves_no_row_or_vector_and_its_copies_take_over(setup,
     assert store.get_faces(ids=["gone-0:0"]).metadatas[0]["batch_id"] == later
     assert store.get_faces(ids=["gone-1:0"]).ids == []
     assert ledger.queue_counts()["removed"] == 1
+    # What a re-index under way checks after each chunk it stored.
+    assert ledger.reindexes.held(["gone-0", "gone-1", "keep-0"]) == {"gone-0", "keep-0"}
 
     code, out, _ = cli(capsys, cfg, "queue")
     lines = out.splitlines()

@@ -25,6 +25,7 @@ from daemon.phases.control import Control
 from daemon.phases.pipeline import Pipeline
 from daemon.phases.registry import build_phases
 from daemon.phases.reindex import Reindexer
+from daemon.service.reindexing import Reindexing
 from daemon.status.progress import Progress
 from daemon.status.reindex import ReindexTracker
 from daemon.store import library
@@ -223,3 +224,25 @@ def test_a_chunk_stored_but_not_recorded_is_not_embedded_again(
     assert set(after) == photos
     assert all(after[sha]["indexed_at"] == meta["indexed_at"] for sha, meta in stored.items())
     assert lib.ledger.reindexes.last().embedded == 2 * CHUNK  # the first chunk and the last
+
+
+def test_the_daemon_retries_at_once_when_a_reindex_is_asked_for_after_a_mismatch(
+    lib: Lib, tiny_clip24_config: Path
+) -> None:
+    lib.add("first", range(2))
+    lib.use(tiny_clip24_config)
+    with pytest.raises(ModelMismatch) as err:
+        lib.pipeline()
+    driver = Reindexing(
+        lib.ledger,
+        Progress(data_dir=str(lib.tmp), costs={}),
+        lambda: None,
+        threading.Event(),
+        threading.Event(),
+    )
+    assert driver.retry_now(err.value) is False  # nothing new: wait for models.retry_seconds
+    assert driver.retry_now(None) is False
+    request(lib.ledger, lib.store, lib.config)
+    assert driver.retry_now(err.value) is True  # `imgtrain reindex` was run: try now
+    assert driver.retry_now(err.value) is False  # once
+    lib.pipeline()
