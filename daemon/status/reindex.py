@@ -76,8 +76,8 @@ class ReindexTracker:
             done = min(r.done, total) if total else r.done
             if r.state == ReindexState.COMPLETED:
                 pct = 100.0
-            else:
-                pct = honest_percentage(done, total, running) if total else 0.0
+            else:  # a cancelled or failed one is not complete either
+                pct = honest_percentage(done, total, True) if total else 0.0
             eta = None
             if running and self._rate:
                 eta = round(max(total - done, 0) / self._rate, 1)
