@@ -25,6 +25,7 @@ COMMANDS = (
     "search",
     "people",
     "queue",
+    "reindex",
     "models",
     "doctor",
     "worker",

@@ -54,6 +54,8 @@ class BatchState(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    REMOVING = "removing"  # `imgtrain queue remove` under way (run it again if interrupted)
+    REMOVED = "removed"  # taken back out: its images, faces and vectors are gone
 
 
 class PhaseState(StrEnum):
@@ -146,3 +148,19 @@ class ImageOutcome:
     error_code: str | None = None
     message: str | None = None
     detail: dict[str, Any] = field(default_factory=dict)  # e.g. {"faces": 2}
+
+
+class ClipModelState(StrEnum):
+    """What a CLIP model's collection is to the library (`imgtrain reindex`)."""
+
+    ACTIVE = "active"  # search and new batches use it
+    BUILDING = "building"  # being filled by a re-index, or left partial by a cancelled one
+    KEPT = "kept"  # complete when it stopped being active; a re-index back to it is a catch-up
+    DROPPED = "dropped"  # its collection is deleted
+
+
+class ReindexState(StrEnum):
+    RUNNING = "running"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+    FAILED = "failed"

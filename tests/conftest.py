@@ -84,6 +84,26 @@ def tiny_clip_weights(tiny_clip_config: Path, tmp_path_factory: pytest.TempPathF
     return save_tiny_clip_weights(tmp_path_factory.mktemp("weights") / "tiny.pt", tiny_clip_config)
 
 
+@pytest.fixture(scope="session")
+def tiny_clip24_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Another tiny architecture (24-d vectors): what a library is re-indexed with in tests."""
+    path = tmp_path_factory.mktemp("clip24") / "imgtrain-tiny24.json"
+    path.write_text(json.dumps({**TINY_CLIP, "embed_dim": 24}))
+    return path
+
+
+def clip_section(arch: Path) -> dict:
+    """The config's `clip` keys for a tiny architecture file, random weights, one thread."""
+    return {
+        "model": arch.stem,
+        "pretrained": "none",
+        "model_config": str(arch),
+        "batch_size": 8,
+        "threads": 1,
+        "precision": "fp32",
+    }
+
+
 def make_jpeg(
     path: Path, size: tuple[int, int] = (320, 240), seed: int = 0, **save: object
 ) -> Path:
@@ -121,14 +141,7 @@ def base_config(tmp: Path, tiny_clip: Path, pack: Path, **over: object) -> dict:
         "log_level": "INFO",
         "inbox": {"settle_seconds": 1.0, "scan_interval_seconds": 0.25, "rescan_seconds": 5},
         "status": {"heartbeat_seconds": 2, "busy_interval_seconds": 0.5},
-        "clip": {
-            "model": tiny_clip.stem,
-            "pretrained": "none",
-            "model_config": str(tiny_clip),
-            "batch_size": 8,
-            "threads": 1,
-            "precision": "fp32",
-        },
+        "clip": clip_section(tiny_clip),
         "faces": {"model_dir": str(pack), "download": False, "threads": 1},
         "models": {"retry_seconds": 2},
     }

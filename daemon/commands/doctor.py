@@ -293,6 +293,7 @@ class Doctor:
 
     def _store(self, config: Config, clip: Any, faces: Any) -> None:
         from daemon.store.chroma import Store
+        from daemon.store.library import bound_to_model
 
         if not config.store.url and not config.chroma_path.exists():
             self.add(
@@ -307,8 +308,9 @@ class Doctor:
             self.add("chromadb", Level.FAIL, f"{exc.code}: {exc.message} -> {exc.hint}")
             return
         self.add("chromadb", Level.OK, f"opens at {store.where}")
+        open_images, count_images = bound_to_model(store, config, clip)
         for label, model, opener, count in (
-            ("images collection", clip, store.open_images, store.count_images),
+            ("images collection", clip, open_images, count_images),
             ("faces collection", faces, store.open_faces, store.count_faces),
         ):
             if model is None:

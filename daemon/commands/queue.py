@@ -1,4 +1,5 @@
-"""`imgtrain queue`: list batches and steer them (cancel, retry, pause, resume, stats, cleanup).
+"""`imgtrain queue`: list batches and steer them (cancel, retry, remove, pause, resume, stats,
+cleanup).
 
 Every action is a change in the ledger the daemon reads between steps, so it
 works whether the daemon runs or not; a running daemon acts on it at its
@@ -15,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from daemon.commands import context, render
+from daemon.commands import context, queue_remove, render
 from daemon.config import Config
 from daemon.errors import Code, ImgtrainError
 from daemon.ledger import admin as queue_admin
@@ -30,7 +31,7 @@ STATES = [s.value for s in BatchState]
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "queue",
-        help="list batches; cancel, retry, pause, resume, stats, cleanup",
+        help="list batches; cancel, retry, remove, pause, resume, stats, cleanup",
         description="Without an action: list the batches.",
     )
     render.add_json_flag(p)
@@ -55,6 +56,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("batch_id", type=int, metavar="ID")
     r = actions.add_parser("retry", help="re-run a failed or cancelled batch's unfinished images")
     r.add_argument("batch_id", type=int, metavar="ID")
+    queue_remove.add_parser(actions)
     actions.add_parser("pause", help="finish the current step, then hold the queue")
     actions.add_parser("resume", help="continue after pause")
     actions.add_parser("stats", help="batches by outcome, success rate, time per batch and image")
@@ -84,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
         action = args.action or "list"
         if action == "list":
             return _list(ledger, args)
+        if action == "remove":
+            return queue_remove.run(ledger, config, args)
         if action == "cancel":
             return _cancel(ledger, args, _daemon_running(config))
         if action == "retry":
@@ -122,6 +126,7 @@ def _row_json(b: BatchRow) -> dict[str, object]:
         "started_at": render.iso(b.started_at),
         "finished_at": render.iso(b.finished_at),
         "error": b.error,
+        "removed": queue_remove.removal_json(b.removed),
     }
 
 
@@ -186,7 +191,10 @@ def _table(out: Console, rows: list[BatchRow]) -> None:
         state = render.styled(b.state)
         if b.state == BatchState.RUNNING and b.steps_total:
             state += f" {100 * b.steps_done / b.steps_total:.0f}%"
-        images = str(b.images)
+        if b.removed is not None:
+            images, faces = str(b.removed.images), str(b.removed.faces)
+        else:
+            images, faces = str(b.images), str(b.faces)
         notes = [
             f"{n} {what}" for n, what in ((b.duplicates, "dup"), (b.failed_images, "failed")) if n
         ]
@@ -197,7 +205,7 @@ def _table(out: Console, rows: list[BatchRow]) -> None:
             state,
             b.name,
             images,
-            str(b.faces),
+            faces,
             str(b.errors),
             str(b.attempts),
             render.duration(b.seconds) if b.seconds else "-",
@@ -207,6 +215,8 @@ def _table(out: Console, rows: list[BatchRow]) -> None:
     for b in rows:
         if b.error and b.state in (BatchState.FAILED, BatchState.CANCELLED):
             out.print(Text(f"batch {b.batch_id} {b.state}: {b.error}", style="dim"))
+        elif b.removed is not None or b.state == BatchState.REMOVING:
+            out.print(Text(queue_remove.removal_line(b.batch_id, b.removed), style="dim"))
 
 
 # -- control -------------------------------------------------------------------------

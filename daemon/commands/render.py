@@ -38,6 +38,8 @@ STATE_STYLE = {
     "failed": "bold red",
     "error": "bold red",
     "cancelled": "yellow",
+    "removing": "yellow",
+    "removed": "dim",
     "paused": "yellow",
     "stopped": "bold red",
     "pending": "dim",

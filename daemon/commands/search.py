@@ -1,7 +1,8 @@
 """`imgtrain search`: photos matching a text, or photos like a given photo.
 
-Loads CLIP (the same model the daemon embeds with) and queries the `images`
-collection the daemon writes; works whether the daemon runs or not.
+Loads the CLIP model the library is indexed with (the one the ledger records
+as active: while `imgtrain reindex` runs, still the old one) and queries its
+collection; works whether the daemon runs or not.
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ def run(args: argparse.Namespace) -> int:
         args.parser.error("the search text is empty")
     render.quiet_logs()
     config = context.load(args)
+    from daemon.ledger.ledger import Ledger
     from daemon.models import ModelRegistry
+    from daemon.store import library
     from daemon.store.chroma import Store
     from daemon.store.search import search, search_image
 
@@ -58,28 +61,44 @@ def run(args: argparse.Namespace) -> int:
             " or pass the daemon's config with --config.",
         )
     store = Store(config)
-    clip = ModelRegistry(config).clip()
+    ledger = Ledger(config.ledger_path) if config.ledger_path.exists() else None
+    try:
+        used = library.reader(ledger, config.clip)
+    finally:
+        if ledger is not None:
+            ledger.close()
+    clip = ModelRegistry(config).clip_for(used.clip)
     t0 = time.perf_counter()
     clip.load()
     load_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
     if args.image is not None:
         hits = search_image(
-            Path(args.image), args.limit, store=store, clip=clip, decode_cfg=config.decode
+            Path(args.image),
+            args.limit,
+            store=store,
+            clip=clip,
+            decode_cfg=config.decode,
+            collection=used.collection,
         )
         query = {"image": str(Path(args.image).expanduser().resolve())}
     else:
-        hits = search(args.text, args.limit, store=store, clip=clip)
+        hits = search(args.text, args.limit, store=store, clip=clip, collection=used.collection)
         query = {"text": args.text}
     search_seconds = time.perf_counter() - t0
-    library = store.count_images()
+    size = store.count_images(used.collection)
+    job = used.reindex
     if args.json:
         render.print_json(
             {
                 "query": query,
                 "model": clip.model_name,
                 "random_weights": bool(clip.random_weights),
-                "library_images": library,
+                "collection": used.collection,
+                "reindex": None
+                if job is None
+                else {"model": job.model, "done": job.done, "total": job.total},
+                "library_images": size,
                 "results": [
                     {
                         "rank": rank,
@@ -99,16 +118,21 @@ def run(args: argparse.Namespace) -> int:
             f"[bold yellow]CLIP {clip.model_name} has random weights (pretrained: none):"
             " these scores mean nothing.[/]"
         )
+    if job is not None:
+        out.print(
+            f"[dim]Re-indexing with {job.model} ({job.done} of {job.total} photos): these"
+            f" results come from {clip.model_name} until it is complete.[/]"
+        )
     what = f'"{args.text}"' if args.text is not None else f"photos like {args.image}"
     if not hits:
         out.print(
             f"No matches for {what}: the library is empty."
-            if library == 0
+            if size == 0
             else f"No matches for {what}."
         )
         return 0
     out.print(
-        f"{len(hits)} best of {library} photos for {what}"
+        f"{len(hits)} best of {size} photos for {what}"
         f" [dim](model loaded in {render.duration(load_seconds)},"
         f" search {render.duration(search_seconds)})[/]"
     )

@@ -119,6 +119,8 @@ def _history(s: Status) -> list[RenderableType]:
             f" {t.people} people ({t.batches} batches)"
         )
     )
+    if s.reindex is not None:
+        out.append(_reindex_line(s))
     lb = s.last_batch
     if lb is not None:
         rate = f", {lb.images_per_second:.2f} images/s" if lb.images_per_second else ""
@@ -146,6 +148,25 @@ def _history(s: Status) -> list[RenderableType]:
         if len(s.errors) > 5:
             out.append(Text(f"  ... {len(s.errors) - 5} more in `imgtrain status --json`"))
     return out
+
+
+def _reindex_line(s: Status) -> Text:
+    r = s.reindex
+    assert r is not None
+    head = f"Re-index to {r.model}: "
+    if r.state == "running":
+        eta = f", ETA {render.duration(r.eta_seconds)}" if r.eta_seconds is not None else ""
+        return Text(
+            f"{head}{r.done}/{r.total} photos ({r.percentage:.1f}%){eta}; search uses"
+            f" {r.from_model} until it is complete"
+        )
+    when = f" {render.local_time(r.finished_at)}" if r.finished_at else ""
+    note = f": {r.message}" if r.message else ""
+    return Text.assemble(
+        head,
+        (r.state, render.STATE_STYLE.get(r.state, "")),
+        f"{when}, {r.done}/{r.total} photos{note}",
+    )
 
 
 def view(s: Status, live: Liveness) -> RenderableType:

@@ -2,7 +2,8 @@
 
 These are ledger operations the CLI runs while the daemon may be running; each
 change is one transaction, and the daemon picks it up at its next check.
-Nothing here touches photos on disk or vectors in ChromaDB.
+Nothing here touches photos on disk or vectors in ChromaDB (`queue remove` does:
+daemon.people.removal).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from daemon.errors import InvalidState
 from daemon.ledger import history
 from daemon.ledger.ledger import Ledger
+from daemon.ledger.removal import RemovalRow, removals
 from daemon.vocab import BatchState, PhaseState
 
 FINISHED = (BatchState.COMPLETED, BatchState.FAILED, BatchState.CANCELLED)
@@ -42,6 +44,7 @@ class BatchRow:
     started_at: float | None
     finished_at: float | None
     error: str | None
+    removed: RemovalRow | None = None  # what went, for a batch `imgtrain queue remove` took out
 
 
 def list_batches(
@@ -62,6 +65,7 @@ def list_batches(
     )
     rows = list(reversed(rows))
     steps = ledger.step_counts([r["batch_id"] for r in rows])
+    gone = removals(ledger, [r["batch_id"] for r in rows if r["state"] == BatchState.REMOVED])
     out = []
     for r in rows:
         per_phase = steps[r["batch_id"]].values()
@@ -86,6 +90,7 @@ def list_batches(
                 started_at=r["started_at"],
                 finished_at=r["finished_at"],
                 error=error,
+                removed=gone.get(r["batch_id"]),
             )
         )
     return out

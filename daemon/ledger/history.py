@@ -106,7 +106,8 @@ def inbox_refusals(ledger: Ledger, codes: list[str]) -> list[ErrorRow]:
 
 def totals(ledger: Ledger) -> dict[str, int]:
     row = ledger.query(
-        "SELECT (SELECT COUNT(*) FROM batches WHERE state != 'claiming') batches,"
+        "SELECT (SELECT COUNT(*) FROM batches"
+        "   WHERE state NOT IN ('claiming', 'removing', 'removed')) batches,"
         " (SELECT COUNT(DISTINCT i.sha256) FROM images i JOIN image_phases p USING(image_id)"
         "   WHERE p.phase='embedding' AND p.state='done') images,"
         " (SELECT COUNT(*) FROM faces) faces,"

@@ -2,9 +2,10 @@
 
 `Ledger` is the one object the rest of imgtrain holds. It owns the database
 (`daemon.ledger.db`) and reaches the other tables through small APIs it is
-composed of: `claims` (the inbox's side), `errors`, and the face, cluster and
-people tables. Batch ids come from AUTOINCREMENT and are never reused, even
-after `queue cleanup`.
+composed of: `claims` (the inbox's side), `errors`, the face, cluster and
+people tables, and the CLIP models and re-indexes (`clip_models`, `reindexes`).
+Batch ids come from AUTOINCREMENT and are never reused, even after `queue
+cleanup`.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ from typing import Any
 
 from daemon.errors import InvalidState, NotFound
 from daemon.ledger.claims import Claims
+from daemon.ledger.clipmodels import ClipModels
 from daemon.ledger.clusters import Clusters
 from daemon.ledger.db import Database
 from daemon.ledger.errorlog import ErrorLog
 from daemon.ledger.faces import Faces
 from daemon.ledger.people import People
+from daemon.ledger.reindexes import Reindexes
 from daemon.ledger.rows import batch_from_row
 from daemon.vocab import (
     BATCH_PHASES,
@@ -47,6 +50,8 @@ class Ledger:
         self.faces = Faces(self.db)
         self.clusters = Clusters(self.db)
         self.people = People(self.db)
+        self.clip_models = ClipModels(self.db)
+        self.reindexes = Reindexes(self.db)
 
     # -- the database, for the package's other table APIs -------------------
     @property

@@ -121,4 +121,47 @@ CREATE TABLE IF NOT EXISTS face_rejections (
     at REAL NOT NULL,
     PRIMARY KEY (face_id, person_id)
 );
+-- The CLIP models the library has image vectors of, each in its own collection
+-- (`imgtrain reindex`). `settings` holds the clip.* keys that load the model, so
+-- search can embed a query with the active model while the config names another.
+CREATE TABLE IF NOT EXISTS clip_models (
+    model TEXT PRIMARY KEY,             -- e.g. ViT-B-32/laion2b_s34b_b79k
+    collection TEXT NOT NULL UNIQUE,
+    settings TEXT,                      -- JSON; NULL when only the store knew the model
+    state TEXT NOT NULL,                -- active | building | kept | dropped
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS reindexes (
+    reindex_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    model TEXT NOT NULL,                -- the model the library is being indexed with
+    from_model TEXT,                    -- the active model when it was asked for
+    state TEXT NOT NULL,                -- running | completed | cancelled | failed
+    drop_old INTEGER NOT NULL DEFAULT 0,
+    cursor INTEGER NOT NULL DEFAULT 0,  -- images.image_id up to which the library is scanned
+    done INTEGER NOT NULL DEFAULT 0,    -- library images in the new collection (last count)
+    total INTEGER NOT NULL DEFAULT 0,   -- images in the library (last count)
+    embedded INTEGER NOT NULL DEFAULT 0,
+    unreadable INTEGER NOT NULL DEFAULT 0,
+    seconds REAL NOT NULL DEFAULT 0,
+    requested_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    message TEXT
+);
+-- Batches taken back out (`imgtrain queue remove`): what went with them.
+CREATE TABLE IF NOT EXISTS removals (
+    batch_id INTEGER PRIMARY KEY,
+    at REAL NOT NULL,
+    images INTEGER NOT NULL,
+    faces INTEGER NOT NULL,
+    image_vectors INTEGER NOT NULL,     -- deleted from every image collection
+    face_vectors INTEGER NOT NULL,
+    shared INTEGER NOT NULL,            -- photos another batch holds a copy of: kept for it
+    clusters_changed INTEGER NOT NULL,
+    clusters_removed INTEGER NOT NULL,
+    people_changed INTEGER NOT NULL,
+    photos_deleted INTEGER NOT NULL DEFAULT 0,
+    path TEXT
+);
 """

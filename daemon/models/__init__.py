@@ -15,7 +15,7 @@ from daemon.models.clip import ClipModel
 from daemon.models.faces import Face, FaceAnalyzer
 
 if TYPE_CHECKING:
-    from daemon.config import Config
+    from daemon.config import ClipConfig, Config
 
 __all__ = [
     "ClipModel",
@@ -35,12 +35,23 @@ class ModelRegistry:
         self._lock = threading.Lock()
         self._clip: ClipModel | None = None
         self._faces: FaceAnalyzer | None = None
+        self._other_clips: dict[ClipConfig, ClipModel] = {}
 
     def clip(self) -> ClipModel:
         with self._lock:
             if self._clip is None:
                 self._clip = ClipModel(self.config.clip, self.config.device, self.config.models.dir)
             return self._clip
+
+    def clip_for(self, cfg: ClipConfig) -> ClipModel:
+        """The CLIP model of these settings: the configured one, or another model the library
+        has vectors of (during a re-index, the one search still uses)."""
+        if cfg == self.config.clip:
+            return self.clip()
+        with self._lock:
+            if cfg not in self._other_clips:
+                self._other_clips[cfg] = ClipModel(cfg, self.config.device, self.config.models.dir)
+            return self._other_clips[cfg]
 
     def faces(self) -> FaceAnalyzer:
         with self._lock:

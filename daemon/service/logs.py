@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from daemon.redact import redact
 
@@ -59,3 +60,14 @@ def batch_context(batch_id: int) -> Iterator[None]:
         yield
     finally:
         current_batch.reset(token)
+
+
+def log_writer_stats(writer: Any, seconds: float) -> None:
+    """What keeping the status file cost, said once at shutdown."""
+    logging.getLogger("imgtrain").info(
+        "status file: %d writes, %.2f ms each, %.3f%% of %.0f s running",
+        writer.writes,
+        1000 * writer.write_seconds / max(writer.writes, 1),
+        100 * writer.write_seconds / max(seconds, 1e-9),
+        seconds,
+    )

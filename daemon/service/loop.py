@@ -6,9 +6,9 @@ abandons the chunk at once (its work is redone on restart; every ledger write
 is its own transaction, so nothing is half-recorded). Either way the status
 file says `stopped` and the exit code is 0.
 
-This is the only place that catches broad exceptions: a batch that raises
-something unexpected is marked failed with the reason, and the daemon goes on
-with the next one.
+This is the only place that catches broad exceptions (with service/reindexing.py
+for re-index work): a batch that raises something unexpected is marked failed
+with the reason, and the daemon goes on with the next one.
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ from daemon.phases.base import PhaseContext
 from daemon.phases.control import Control
 from daemon.phases.pipeline import Pipeline
 from daemon.phases.registry import build_phases, declared_steps
-from daemon.service.logs import batch_context, setup_logging
+from daemon.service.logs import batch_context, log_writer_stats, setup_logging
 from daemon.service.outcome import outcome_of
+from daemon.service.reindexing import Reindexing
 from daemon.service.runplan import plan_run
 from daemon.service.systemd import Notifier
 from daemon.status.model import ErrorInfo, Status
@@ -65,10 +66,13 @@ class Service:
             costs=self.ledger.phase_costs(),
             max_errors=config.status.max_errors,
         )
+        self.reindexing = Reindexing(
+            self.ledger, self.progress, lambda: self.writer.poke(), self.stop, self.reload_requested
+        )
         self.writer = StatusWriter(
             config.status_path,
             self._build_status,
-            busy=self.progress.busy,
+            busy=lambda: self.progress.busy() or self.reindexing.busy,
             busy_interval=config.status.busy_interval_seconds,
             heartbeat=config.status.heartbeat_seconds,
             schema_path=config.schema_path,
@@ -124,6 +128,7 @@ class Service:
         status = self.progress.snapshot()
         if self.monitor is not None:
             status.workers = self.monitor.info()
+        status.reindex = self.reindexing.tracker.view()
         self.notifier.status(status.message)
         return status
 
@@ -250,12 +255,15 @@ class Service:
         self.notifier.watchdog()
         if self.reload_requested.is_set():
             self._reload()
+        if self.pipeline is not None and self.reindexing.stale(self.pipeline):
+            self.pipeline = None  # a re-index began or ended: new batches go elsewhere
         if not self._ensure_pipeline():
             self._wait(min(1.0, self.config.models.retry_seconds))
             return
         batch = self.ledger.next_batch()
         if batch is None:
-            self._idle()
+            if not self.reindexing.work(self.pipeline):
+                self._idle()
             return
         if self.ledger.is_paused():
             self.progress.set_state(
@@ -289,7 +297,8 @@ class Service:
     def _ensure_pipeline(self) -> bool:
         if self.pipeline is not None:
             return True
-        if time.monotonic() < self._next_model_try:
+        retry = self.reindexing.retry_now(self._models_error)  # `imgtrain reindex` was run
+        if time.monotonic() < self._next_model_try and not retry:
             return False
         self.progress.set_state(DaemonStatus.IDLE, "loading models")
         self.writer.poke()
@@ -373,13 +382,8 @@ class Service:
             )
             for phase, (cost, steps) in self.progress.costs.settled().items():
                 self.ledger.save_phase_cost(phase, cost, steps)
-            log.info(
-                "batch %d '%s' %s in %.1fs",
-                batch.batch_id,
-                batch.name,
-                state,
-                time.monotonic() - t0,
-            )
+            took = time.monotonic() - t0
+            log.info("batch %d '%s' %s in %.1fs", batch.batch_id, batch.name, state, took)
             self.current = None
             self.progress.end_batch()
             self._after_batch(batch.batch_id)
@@ -406,14 +410,7 @@ class Service:
             self.monitor.stop()
         self.writer.stop()
         self.writer.flush()
-        w, up = self.writer, time.monotonic() - self._started
-        log.info(
-            "status file: %d writes, %.2f ms each, %.3f%% of %.0f s running",
-            w.writes,
-            1000 * w.write_seconds / max(w.writes, 1),
-            100 * w.write_seconds / up,
-            up,
-        )
+        log_writer_stats(self.writer, time.monotonic() - self._started)
         log.info("%s", message)
 
 

@@ -139,6 +139,20 @@ class WorkersInfo(_Model):
     checked_at: datetime | None = None
 
 
+class ReindexProgress(_Model):
+    model: str = Field(description="the CLIP model the library is being (or was) indexed with")
+    from_model: str | None = Field(None, description="the model search uses until it completes")
+    state: str = Field(description="running, completed, cancelled or failed")
+    done: int = Field(description="library images in the new model's collection")
+    total: int = Field(description="images in the library")
+    percentage: float = Field(description="done / total * 100; 100 only when completed")
+    eta_seconds: float | None = Field(None, description="estimated seconds of re-index work left")
+    eta_at: datetime | None = Field(None, description="estimated UTC time it completes")
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    message: str | None = Field(None, description="why it failed, or what it left out")
+
+
 class Status(_Model):
     """The whole status file. Fields keep their meaning; new ones may be added."""
 
@@ -168,6 +182,9 @@ class Status(_Model):
     totals: Totals = Field(default_factory=Totals)
     system: SystemInfo = Field(default_factory=SystemInfo)
     workers: WorkersInfo | None = Field(None, description="the RQ workers (workers.backend rq)")
+    reindex: ReindexProgress | None = Field(
+        None, description="the latest `imgtrain reindex`; runs between batches"
+    )
 
 
 def honest_percentage(done: float, total: float, steps_left: bool) -> float:

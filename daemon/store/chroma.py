@@ -1,43 +1,30 @@
-"""The vector store: two ChromaDB collections, `images` and `faces`.
+"""The vector store: ChromaDB collections of image vectors (one per CLIP model) and `faces`.
 
 Embedded (`chromadb.PersistentClient` on `config.chroma_path`) by default, or a
-Chroma server when `store.url` is set. Both collections use cosine space with
-the HNSW settings from `config.store`, passed as the chromadb 1.x collection
-`configuration` (the legacy `hnsw:*` metadata keys are not used). Each
-collection's metadata records the `model` and `dim` that made its vectors, so
-vectors of two models never share a collection: opening with another model
-raises ModelMismatch unless the collection is still empty.
-
-Record ids are content-derived (image SHA-256, `<sha256>:<n>` for faces), so
-every write is an idempotent upsert. Metadata is made Chroma-legal on the way
-in: None and non-finite floats are dropped, lists/tuples/dicts are stored as
-JSON strings (and are returned as those strings). Upserts merge into an
-existing record's metadata: keys not given keep their old values.
+Chroma server when `store.url` is set. Every collection uses cosine space with
+the HNSW settings from `config.store` (chromadb 1.x `configuration`) and
+records in its metadata the `model` and `dim` that made its vectors: opening
+it with another model raises ModelMismatch unless it is still empty. The
+library's first CLIP model keeps the name `images`; `daemon.store.library`
+names the others and knows which one search uses. Record ids are
+content-derived (image SHA-256, `<sha256>:<n>` for faces), so every write is
+an idempotent upsert, merging into an existing record's metadata
+(`daemon.store.records` makes metadata Chroma-legal).
 """
 
 from __future__ import annotations
 
 import errno
-import json
 import logging
-import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import numpy as np
 
-from daemon.errors import (
-    ConfigError,
-    DiskFull,
-    InvalidState,
-    ModelMismatch,
-    StoreUnavailable,
-)
+from daemon.errors import DiskFull, InvalidState, ModelMismatch, StoreUnavailable
 from daemon.redact import redact, redact_url
+from daemon.store.records import FaceRows, Hit, clean_metadata, parse_url
 
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI
@@ -49,67 +36,6 @@ log = logging.getLogger(__name__)
 
 IMAGES = "images"
 FACES = "faces"
-# Which config section chooses the model behind each collection (for hints).
-_MODEL_KEYS = {
-    IMAGES: "clip.model/clip.pretrained",
-    FACES: "the faces model (faces.model_pack, faces.model_dir)",
-}
-
-Metadata = dict[str, str | int | float | bool]
-
-
-@dataclass(frozen=True)
-class Hit:
-    id: str
-    score: float  # cosine similarity, 1.0 = same direction
-    metadata: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class FaceRows:
-    ids: list[str]
-    embeddings: np.ndarray  # float32, shape (len(ids), dim)
-    metadatas: list[dict[str, Any]]
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-
-def clean_metadata(metadata: dict[str, Any]) -> Metadata:
-    """Chroma accepts only str/int/float/bool values; make anything else fit or drop it."""
-    out: Metadata = {}
-    for key, value in metadata.items():
-        if isinstance(value, np.generic):
-            value = value.item()
-        if value is None or (isinstance(value, float) and not math.isfinite(value)):
-            # Chroma silently discards a whole metadata dict holding NaN.
-            continue
-        if isinstance(value, str | int | float | bool):
-            out[key] = value
-        elif isinstance(value, list | tuple | dict):
-            out[key] = json.dumps(value)
-        elif isinstance(value, Path):
-            out[key] = str(value)
-        else:
-            raise TypeError(f"metadata {key!r}: cannot store a {type(value).__name__}")
-    return out
-
-
-def _parse_url(url: str) -> tuple[str, int, bool]:
-    parts = urlsplit(url if "://" in url else f"http://{url}")
-    shown = redact_url(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(
-            f"store.url {shown!r} is not an http(s) URL",
-            hint="Write it as http://HOST:PORT (for example http://127.0.0.1:8000).",
-        )
-    if parts.path not in ("", "/"):
-        raise ConfigError(
-            f"store.url {shown!r} has a path ({parts.path}); Chroma serves at the root",
-            hint="Write it as http://HOST:PORT without a path.",
-        )
-    ssl = parts.scheme == "https"
-    return parts.hostname, parts.port or (443 if ssl else 8000), ssl
 
 
 def _auth_headers(cfg: Any) -> dict[str, str] | None:
@@ -136,7 +62,7 @@ class Store:
         settings = Settings(anonymized_telemetry=False)
         with self._guard("connect to"):
             if self._cfg.url:
-                host, port, ssl = _parse_url(self._cfg.url)
+                host, port, ssl = parse_url(self._cfg.url)
                 try:
                     self._client: ClientAPI = chromadb.HttpClient(
                         host=host,
@@ -149,7 +75,7 @@ class Store:
                     refused = any(w in str(exc) for w in ("Unauthorized", "Forbidden"))
                     raise StoreUnavailable(
                         # Shown in errors, the log and doctor: never with a password in it.
-                        f"cannot reach the Chroma server at {self.where}: {exc}",
+                        f"cannot reach the Chroma server at {self.where}: {redact(str(exc))}",
                         hint="Check store.token (and store.token_header): the server refused it."
                         if refused
                         else None,
@@ -178,9 +104,10 @@ class Store:
             raise StoreUnavailable(message) from exc
 
     # -- collections ---------------------------------------------------------------
-    def open_images(self, model: str, dim: int, *, create: bool = True) -> bool:
-        """Check (and by default create) `images` for vectors of `model`; False if absent."""
-        return self._open(IMAGES, model, dim, create)
+    def open_images(self, model: str, dim: int, *, create: bool = True, name: str = IMAGES) -> bool:
+        """Check (and by default create) image collection `name` for vectors of `model`;
+        False if absent."""
+        return self._open(name, model, dim, create)
 
     def open_faces(self, model: str, dim: int, *, create: bool = True) -> bool:
         return self._open(FACES, model, dim, create)
@@ -240,14 +167,24 @@ class Store:
     def _mismatch(
         self, name: str, model: str, dim: int, stored_model: Any, stored_dim: Any
     ) -> ModelMismatch:
-        if self._cfg.url:
-            fresh = "point store.url at another Chroma server"
-        else:
-            fresh = "start a new library (a new data_dir)"
+        what = f"collection '{name}' holds vectors of another model: configured {model} dim {dim}"
+        what += f" vs stored {stored_model} dim {stored_dim}"
+        if name != FACES:
+            return ModelMismatch(
+                what,
+                hint=f"Run `imgtrain reindex` to index the library with {model} (search keeps"
+                f" using {stored_model} until it is complete), or set clip.model/clip.pretrained"
+                f" back to {stored_model}.",
+            )
+        fresh = (
+            "point store.url at another Chroma server"
+            if self._cfg.url
+            else "start a new library (a new data_dir)"
+        )
         return ModelMismatch(
-            f"collection '{name}' holds vectors of another model: configured {model} dim {dim}"
-            f" vs stored {stored_model} dim {stored_dim}",
-            hint=f"Set {_MODEL_KEYS[name]} back to {stored_model} to keep using these vectors,"
+            what,
+            hint=f"Set the faces model (faces.model_pack, faces.model_dir) back to {stored_model}"
+            " to keep using these vectors,"
             f" or {fresh} and drop the photos into its inbox again to index them with {model}"
             " (the ledger of this library records them as done).",
         )
@@ -263,11 +200,7 @@ class Store:
             if hnsw.get(key) not in (None, want):
                 log.info(
                     "%s keeps hnsw %s=%s: store.hnsw_%s=%s applies to new stores only",
-                    name,
-                    key,
-                    hnsw.get(key),
-                    key,
-                    want,
+                    *(name, key, hnsw.get(key), key, want),
                 )
 
     def _writable(self, name: str) -> Collection:
@@ -344,21 +277,71 @@ class Store:
         col = self._cols.get(name)
         return int((col.metadata or {}).get("dim", 0)) if col is not None else 0
 
-    # -- images ------------------------------------------------------------------------
+    def _update(self, name: str, ids: list[str], metadatas: list[dict[str, Any]]) -> None:
+        """Change only the given keys; a None value removes the key."""
+        if len(ids) != len(metadatas):
+            raise ValueError(f"{len(ids)} ids but {len(metadatas)} metadatas")
+        col = self._lookup(name)
+        if col is None or not ids:
+            return
+        metas: list[dict[str, Any]] = [
+            {**clean_metadata(m), **{k: None for k, v in m.items() if v is None}} for m in metadatas
+        ]
+        with self._guard("write to"):
+            for part in self._batches(len(ids)):
+                col.update(ids=list(ids[part]), metadatas=metas[part])  # type: ignore[arg-type]
+
+    def _delete(self, name: str, ids: list[str]) -> None:
+        col = self._lookup(name)
+        if col is None or not ids:
+            return
+        with self._guard("delete from"):
+            for part in self._batches(len(ids)):
+                col.delete(ids=list(ids[part]))
+
+    # -- collections -------------------------------------------------------------------
+    def image_collections(self) -> dict[str, dict[str, Any]]:
+        """{name: its metadata (model, dim)} for every image collection, `images` first."""
+        with self._guard("read"):
+            found = self._client.list_collections()
+        cols = {c.name: c for c in found if c.name == IMAGES or c.name.startswith(f"{IMAGES}-")}
+        self._cols.update(cols)
+        names = sorted(cols, key=lambda n: (n != IMAGES, n))
+        return {n: dict(cols[n].metadata or {}) for n in names}
+
+    def drop_collection(self, name: str) -> bool:
+        """Delete a collection and its vectors; False if there was none."""
+        from chromadb.errors import NotFoundError
+
+        self._cols.pop(name, None)
+        self._opened.discard(name)
+        with self._guard("delete a collection in"):
+            try:
+                self._client.delete_collection(name)
+            except NotFoundError:
+                return False
+        return True
+
+    # -- images (`name`: the collection of one CLIP model) ---------------------------------
     def upsert_images(
-        self, ids: list[str], embeddings: np.ndarray, metadatas: list[dict[str, Any]]
+        self,
+        ids: list[str],
+        embeddings: np.ndarray,
+        metadatas: list[dict[str, Any]],
+        *,
+        name: str = IMAGES,
     ) -> None:
-        self._upsert(IMAGES, ids, embeddings, metadatas)
+        self._upsert(name, ids, embeddings, metadatas)
 
-    def image_ids_present(self, ids: list[str]) -> set[str]:
-        return self._present(IMAGES, ids)
+    def image_ids_present(self, ids: list[str], *, name: str = IMAGES) -> set[str]:
+        return self._present(name, ids)
 
-    def count_images(self) -> int:
-        return self._count(IMAGES)
+    def count_images(self, name: str = IMAGES) -> int:
+        return self._count(name)
 
-    def get_images(self, ids: list[str]) -> list[dict[str, Any]]:
+    def get_images(self, ids: list[str], *, name: str = IMAGES) -> list[dict[str, Any]]:
         """[{"id", "metadata"}] for the ids that exist, in the order asked."""
-        col = self._lookup(IMAGES)
+        col = self._lookup(name)
         if col is None or not ids:
             return []
         found: dict[str, dict[str, Any]] = {}
@@ -369,8 +352,16 @@ class Store:
                     found[rid] = dict(meta or {})
         return [{"id": rid, "metadata": found[rid]} for rid in dict.fromkeys(ids) if rid in found]
 
-    def query_images(self, embedding: np.ndarray, k: int) -> list[Hit]:
-        return self._query(IMAGES, embedding, k)
+    def update_images(
+        self, ids: list[str], metadatas: list[dict[str, Any]], *, name: str = IMAGES
+    ) -> None:
+        self._update(name, ids, metadatas)
+
+    def delete_images(self, ids: list[str], *, name: str = IMAGES) -> None:
+        self._delete(name, ids)
+
+    def query_images(self, embedding: np.ndarray, k: int, *, name: str = IMAGES) -> list[Hit]:
+        return self._query(name, embedding, k)
 
     # -- faces -------------------------------------------------------------------------
     def upsert_faces(
@@ -414,17 +405,10 @@ class Store:
 
     def update_faces(self, ids: list[str], metadatas: list[dict[str, Any]]) -> None:
         """Change only the given keys (e.g. person, cluster); a None value removes the key."""
-        if len(ids) != len(metadatas):
-            raise ValueError(f"{len(ids)} ids but {len(metadatas)} metadatas")
-        col = self._lookup(FACES)
-        if col is None or not ids:
-            return
-        metas: list[dict[str, Any]] = [
-            {**clean_metadata(m), **{k: None for k, v in m.items() if v is None}} for m in metadatas
-        ]
-        with self._guard("write to"):
-            for part in self._batches(len(ids)):
-                col.update(ids=list(ids[part]), metadatas=metas[part])  # type: ignore[arg-type]
+        self._update(FACES, ids, metadatas)
+
+    def delete_faces(self, ids: list[str]) -> None:
+        self._delete(FACES, ids)
 
     def count_faces(self) -> int:
         return self._count(FACES)

@@ -1,4 +1,4 @@
-"""Find photos by text or by a similar photo, in the `images` collection.
+"""Find photos by text or by a similar photo, in the image collection of the library's model.
 
 The embedding phase stores one record per image, id = the image's SHA-256,
 with this metadata:
@@ -8,6 +8,11 @@ with this metadata:
 * `width`, `height`: upright size of the original in pixels (int)
 * `captured_at`: EXIF DateTimeOriginal as ISO-8601 (str; absent when unknown)
 * `model`: the CLIP model that made the vector (str)
+* `indexed_at`: when the vector was stored (unix time, float)
+
+Each CLIP model the library was indexed with has its own collection
+(`daemon.store.library`); the caller passes the one to read and the model
+that made it.
 
 Queries use the same CLIP model as the library: if the collection was built
 by another model (or dim), Store raises ModelMismatch instead of comparing
@@ -23,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from daemon.errors import NotFound
+from daemon.store.chroma import IMAGES
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -52,16 +58,24 @@ class SearchHit:
     batch_id: int | None
 
 
-def search(text: str, k: int, *, store: Store, clip: Embedder) -> list[SearchHit]:
+def search(
+    text: str, k: int, *, store: Store, clip: Embedder, collection: str = IMAGES
+) -> list[SearchHit]:
     """The k library photos closest to `text`, best first; [] for an empty library."""
-    if k <= 0 or not _library_ready(store, clip):
+    if k <= 0 or not _library_ready(store, clip, collection):
         return []
     vector = clip.embed_text([text])[0]
-    return _to_hits(store.query_images(vector, k))
+    return _to_hits(store.query_images(vector, k, name=collection))
 
 
 def search_image(
-    path: Path, k: int, *, store: Store, clip: Embedder, decode_cfg: DecodeConfig
+    path: Path,
+    k: int,
+    *,
+    store: Store,
+    clip: Embedder,
+    decode_cfg: DecodeConfig,
+    collection: str = IMAGES,
 ) -> list[SearchHit]:
     """The k library photos closest to the photo at `path` (itself first if it is in it)."""
     from daemon.imaging.decode import decode
@@ -69,20 +83,20 @@ def search_image(
     path = Path(path).expanduser()
     if not path.is_file():
         raise NotFound(f"{path}: no such photo", hint="Give the path of an image file.")
-    if k <= 0 or not _library_ready(store, clip):
+    if k <= 0 or not _library_ready(store, clip, collection):
         return []
     # The same decode as the pipeline (EXIF rotation, size limits), so a photo
     # already in the library gets the vector it was stored with.
     image = decode(path, decode_cfg).image
     vector = clip.embed_images([image])[0]
-    return _to_hits(store.query_images(vector, k))
+    return _to_hits(store.query_images(vector, k, name=collection))
 
 
-def _library_ready(store: Store, clip: Embedder) -> bool:
+def _library_ready(store: Store, clip: Embedder, collection: str) -> bool:
     """True when there is something to search; raises ModelMismatch for another model."""
-    if not store.open_images(clip.model_name, clip.dim, create=False):
+    if not store.open_images(clip.model_name, clip.dim, create=False, name=collection):
         return False
-    return store.count_images() > 0
+    return store.count_images(collection) > 0
 
 
 def _to_hits(hits: list[Hit]) -> list[SearchHit]:

@@ -148,7 +148,9 @@ def test_the_list_shows_every_batch_with_its_numbers(setup, capsys) -> None:
         "started_at",
         "finished_at",
         "error",
+        "removed",
     }
+    assert first["removed"] is None
     assert (first["images"], first["processed"], first["faces"], first["seconds"]) == (
         4,
         4,
@@ -292,6 +294,8 @@ def test_stats_count_outcomes_and_time(setup, capsys) -> None:
         "completed": 2,
         "failed": 1,
         "cancelled": 1,
+        "removing": 0,
+        "removed": 0,
         "total": 5,
     }
     assert data["finished"] == 4 and data["success_rate"] == 0.5

@@ -135,7 +135,13 @@ def test_another_model_or_dim_is_refused_naming_both(tmp_path: Path) -> None:
     with pytest.raises(ModelMismatch) as exc:
         s.open_images("ViT-L-14", 16)
     assert "configured ViT-L-14 dim 16 vs stored ViT-B-32 dim 16" in exc.value.message
-    assert "ViT-B-32" in exc.value.hint and "new library" in exc.value.hint
+    # Another CLIP model is a re-index away (its own collection); faces have no such way.
+    assert "ViT-B-32" in exc.value.hint and "imgtrain reindex" in exc.value.hint
+    s.open_faces("buffalo", 16)
+    s.upsert_faces(["a:0"], unit_vectors(1, 16), [{"batch_id": 1}])
+    with pytest.raises(ModelMismatch) as exc:
+        s.open_faces("antelope", 16)
+    assert "buffalo" in exc.value.hint and "new library" in exc.value.hint
 
     with pytest.raises(ModelMismatch) as exc:
         s.open_images("ViT-B-32", 32)
@@ -261,8 +267,10 @@ def test_store_through_a_chroma_server(
     assert hits[0].id == "h11" and hits[0].score == pytest.approx(1.0, abs=1e-4)
     assert not (tmp_path / "data" / "chroma").exists()  # nothing embedded on the side
 
+    s.open_faces("faces-a", 16)
+    s.upsert_faces(["h0:0"], vectors[:1], [{"batch_id": 1}])
     with pytest.raises(ModelMismatch) as exc:
-        Store(make_config(tmp_path, url=url)).open_images("other", 16)
+        Store(make_config(tmp_path, url=url)).open_faces("faces-b", 16)
     assert "store.url" in exc.value.hint
 
     server.terminate()

@@ -1,0 +1,75 @@
+"""What the store hands out and takes in: search hits, face rows, Chroma-legal metadata.
+
+Chroma accepts only str/int/float/bool metadata values; `clean_metadata`
+drops None and non-finite floats and stores lists, tuples and dicts as JSON
+strings (returned as those strings). `parse_url` reads `store.url`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from daemon.errors import ConfigError
+from daemon.redact import redact
+
+Metadata = dict[str, str | int | float | bool]
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    score: float  # cosine similarity, 1.0 = same direction
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class FaceRows:
+    ids: list[str]
+    embeddings: np.ndarray  # float32, shape (len(ids), dim)
+    metadatas: list[dict[str, Any]]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def clean_metadata(metadata: dict[str, Any]) -> Metadata:
+    """Chroma accepts only str/int/float/bool values; make anything else fit or drop it."""
+    out: Metadata = {}
+    for key, value in metadata.items():
+        if isinstance(value, np.generic):
+            value = value.item()
+        if value is None or (isinstance(value, float) and not math.isfinite(value)):
+            # Chroma silently discards a whole metadata dict holding NaN.
+            continue
+        if isinstance(value, str | int | float | bool):
+            out[key] = value
+        elif isinstance(value, list | tuple | dict):
+            out[key] = json.dumps(value)
+        elif isinstance(value, Path):
+            out[key] = str(value)
+        else:
+            raise TypeError(f"metadata {key!r}: cannot store a {type(value).__name__}")
+    return out
+
+
+def parse_url(url: str) -> tuple[str, int, bool]:
+    parts = urlsplit(url if "://" in url else f"http://{url}")
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            f"store.url {redact(url)!r} is not an http(s) URL",
+            hint="Write it as http://HOST:PORT (for example http://127.0.0.1:8000).",
+        )
+    if parts.path not in ("", "/"):
+        raise ConfigError(
+            f"store.url {redact(url)!r} has a path ({parts.path}); Chroma serves at the root",
+            hint="Write it as http://HOST:PORT without a path.",
+        )
+    ssl = parts.scheme == "https"
+    return parts.hostname, parts.port or (443 if ssl else 8000), ssl
