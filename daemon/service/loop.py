@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from types import FrameType
 
-from daemon.config import Config, InboxConfig, load_config
+from daemon.config import Config, load_config
 from daemon.errors import DiskFull, ImgtrainError, Interrupted
 from daemon.ingest.claim import recover_claims
 from daemon.ingest.watch import Inbox
@@ -35,6 +35,7 @@ from daemon.phases.registry import build_phases, declared_steps
 from daemon.service.logs import batch_context, log_writer_stats, setup_logging
 from daemon.service.outcome import outcome_of
 from daemon.service.reindexing import Reindexing
+from daemon.service.reload import apply_reload
 from daemon.service.runplan import plan_run
 from daemon.service.systemd import Notifier
 from daemon.status.model import ErrorInfo, Status
@@ -177,29 +178,9 @@ class Service:
         except ImgtrainError as exc:
             log.error("reload refused, keeping the running settings: %s", exc)
             return
-        changed = [
-            k
-            for k in ("clip", "faces", "clustering", "store", "phases", "decode", "queue", "device")
-            if getattr(new, k) != getattr(self.config, k)
-        ]
-        needs_restart = [
-            k
-            for k in ("inbox_dir", "data_dir", "status_dir", "status", "workers")
-            if getattr(new, k) != getattr(self.config, k)
-        ]
-        # Link roots and limits apply now (a refused folder is claimed after raising one).
-        inbox = self.config.inbox.model_copy(
-            update={k: getattr(new.inbox, k) for k in InboxConfig.RELOADABLE}
-        )
-        if new.inbox != inbox:
-            needs_restart.append("inbox keys other than link_roots and max_*")
-        if needs_restart:
-            log.warning("reload: %s change only after a restart", ", ".join(needs_restart))
         old_inbox = self.config.inbox
-        self.config = self.config.model_copy(
-            update={k: getattr(new, k) for k in (*changed, "log_level")} | {"inbox": inbox}
-        )
-        if inbox != old_inbox:
+        self.config, changed = apply_reload(self.config, new)
+        if self.config.inbox != old_inbox:
             changed.append("inbox")
             self.inbox.reconfigure(self.config)
         logging.getLogger().setLevel(self.config.log_level)
@@ -329,9 +310,7 @@ class Service:
         clip = getattr(pipeline.ctx.models, "loaded_clip", None)
         self.random_weights = bool(clip and clip.random_weights)
         if self.random_weights:
-            log.warning(
-                "CLIP has RANDOM WEIGHTS (pretrained: none): search results are meaningless"
-            )
+            log.warning("CLIP has RANDOM WEIGHTS (pretrained: none): search is meaningless")
 
     def _run_batch(self, batch: Batch) -> None:
         assert self.pipeline is not None

@@ -22,9 +22,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from daemon.errors import DiskFull, InvalidState, ModelMismatch, StoreUnavailable
+from daemon.errors import DiskFull, InvalidState, StoreUnavailable
 from daemon.redact import redact, redact_url
-from daemon.store.records import FaceRows, Hit, clean_metadata, parse_url
+from daemon.store.records import (
+    FaceRows,
+    Hit,
+    auth_headers,
+    clean_metadata,
+    mismatch,
+    parse_url,
+)
 
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI
@@ -36,16 +43,6 @@ log = logging.getLogger(__name__)
 
 IMAGES = "images"
 FACES = "faces"
-
-
-def _auth_headers(cfg: Any) -> dict[str, str] | None:
-    """The header carrying store.token, as Chroma's token authentication reads it."""
-    if cfg.token is None:
-        return None
-    token = cfg.token.get_secret_value()
-    if cfg.token_header == "Authorization":
-        return {"Authorization": f"Bearer {token}"}
-    return {"X-Chroma-Token": token}
 
 
 class Store:
@@ -68,7 +65,7 @@ class Store:
                         host=host,
                         port=port,
                         ssl=ssl,
-                        headers=_auth_headers(self._cfg),
+                        headers=auth_headers(self._cfg),
                         settings=settings,
                     )
                 except ValueError as exc:  # chromadb's "Could not connect to a Chroma server"
@@ -154,7 +151,7 @@ class Store:
             with self._guard("read"):
                 empty = col.count() == 0
             if not empty:
-                raise self._mismatch(name, model, dim, stored_model, stored_dim)
+                raise mismatch(name, model, dim, bool(self._cfg.url), stored_model, stored_dim)
             if create:
                 log.info("relabelling empty collection %s: %s dim %s", name, model, dim)
                 with self._guard("write"):
@@ -163,31 +160,6 @@ class Store:
             self._tune(name, col)
         self._opened.add(name)
         return True
-
-    def _mismatch(
-        self, name: str, model: str, dim: int, stored_model: Any, stored_dim: Any
-    ) -> ModelMismatch:
-        what = f"collection '{name}' holds vectors of another model: configured {model} dim {dim}"
-        what += f" vs stored {stored_model} dim {stored_dim}"
-        if name != FACES:
-            return ModelMismatch(
-                what,
-                hint=f"Run `imgtrain reindex` to index the library with {model} (search keeps"
-                f" using {stored_model} until it is complete), or set clip.model/clip.pretrained"
-                f" back to {stored_model}.",
-            )
-        fresh = (
-            "point store.url at another Chroma server"
-            if self._cfg.url
-            else "start a new library (a new data_dir)"
-        )
-        return ModelMismatch(
-            what,
-            hint=f"Set the faces model (faces.model_pack, faces.model_dir) back to {stored_model}"
-            " to keep using these vectors,"
-            f" or {fresh} and drop the photos into its inbox again to index them with {model}"
-            " (the ledger of this library records them as done).",
-        )
 
     def _tune(self, name: str, col: Collection) -> None:
         """ef_search may change on an existing index; build-time settings may not."""

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from daemon.errors import ConfigError
+from daemon.errors import ConfigError, ModelMismatch
 from daemon.redact import redact
 
 Metadata = dict[str, str | int | float | bool]
@@ -73,3 +73,40 @@ def parse_url(url: str) -> tuple[str, int, bool]:
         )
     ssl = parts.scheme == "https"
     return parts.hostname, parts.port or (443 if ssl else 8000), ssl
+
+
+def auth_headers(cfg: Any) -> dict[str, str] | None:
+    """The header carrying store.token, as Chroma's token authentication reads it."""
+    if cfg.token is None:
+        return None
+    token = cfg.token.get_secret_value()
+    if cfg.token_header == "Authorization":
+        return {"Authorization": f"Bearer {token}"}
+    return {"X-Chroma-Token": token}
+
+
+def mismatch(
+    name: str, model: str, dim: int, remote: bool, stored_model: Any, stored_dim: Any
+) -> ModelMismatch:
+    """The error for a collection that holds another model's vectors, with what to do."""
+    what = f"collection '{name}' holds vectors of another model: configured {model} dim {dim}"
+    what += f" vs stored {stored_model} dim {stored_dim}"
+    if name != "faces":
+        return ModelMismatch(
+            what,
+            hint=f"Run `imgtrain reindex` to index the library with {model} (search keeps"
+            f" using {stored_model} until it is complete), or set clip.model/clip.pretrained"
+            f" back to {stored_model}.",
+        )
+    fresh = (
+        "point store.url at another Chroma server"
+        if remote
+        else "start a new library (a new data_dir)"
+    )
+    return ModelMismatch(
+        what,
+        hint=f"Set the faces model (faces.model_pack, faces.model_dir) back to {stored_model}"
+        " to keep using these vectors,"
+        f" or {fresh} and drop the photos into its inbox again to index them with {model}"
+        " (the ledger of this library records them as done).",
+    )
