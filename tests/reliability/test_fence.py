@@ -27,7 +27,8 @@ import yaml
 
 from tests.conftest import REPO, make_jpeg
 from tests.e2e.conftest import Daemon
-from tests.reliability.conftest import LedgerProbe, file_states, ready, wait_for
+from tests.helpers import wait_for
+from tests.reliability.conftest import LedgerProbe, file_states, ready
 
 
 def _sha(path: Path) -> str:
