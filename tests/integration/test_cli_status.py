@@ -164,6 +164,9 @@ def test_watch_redraws_until_interrupted(cfg, tmp_path) -> None:
     )
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
+    # stderr is drained too: a full pipe would block the watcher and hide why.
+    errors: list[str] = []
+    threading.Thread(target=lambda: errors.extend(proc.stderr), daemon=True).start()
 
     def wait_line(text: str, timeout: float = 20) -> None:
         deadline = time.monotonic() + timeout
@@ -192,4 +195,4 @@ def test_watch_redraws_until_interrupted(cfg, tmp_path) -> None:
         stand_in.kill()
         proc.send_signal(signal.SIGINT)
         code = proc.wait(timeout=20)
-    assert code == 0, proc.stderr.read()
+    assert code == 0, "".join(errors)
