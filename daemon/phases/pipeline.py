@@ -28,9 +28,18 @@ from pathlib import Path
 from daemon.errors import ImageError
 from daemon.imaging.decode import decode
 from daemon.ledger.ledger import Ledger
+from daemon.ledger.workload import PendingFile, pending_files
 from daemon.phases.ahead import decode_ahead
-from daemon.phases.base import BatchInfo, BatchPhase, DecodedImage, ImagePhase, PhaseContext
+from daemon.phases.base import (
+    BatchInfo,
+    BatchPhase,
+    DecodedImage,
+    ImagePhase,
+    PhaseContext,
+    Report,
+)
 from daemon.phases.control import Control
+from daemon.phases.workload import Workload
 from daemon.status.progress import PhaseCount, Progress
 from daemon.vocab import (
     PHASES,
@@ -63,6 +72,7 @@ class Pipeline:
         progress: Progress,
         control: Control,
         poke: Callable[[], None],
+        workload: Workload | None = None,
     ) -> None:
         self.ctx = ctx
         self.ledger: Ledger = ctx.ledger
@@ -75,6 +85,7 @@ class Pipeline:
         self.chunk = cfg.clip.batch_size
         self.decode_cfg = cfg.decode
         self.workers = cfg.decode.workers
+        self.workload = workload or Workload(cfg.decode)
 
     def setup(self) -> None:
         """Load every phase's models; raises ModelUnavailable / ModelMismatch."""
@@ -105,10 +116,14 @@ class Pipeline:
     # -- running -------------------------------------------------------------
     def run(self, batch: Batch) -> None:
         info = self.info(batch)
-        self.progress.begin_batch(batch.batch_id, batch.name, self.counts_for(batch))
-        self.poke()
+        files: list[PendingFile] = []
         try:
             pending = self.ledger.pending_images(batch.batch_id)
+            # What the pending photos are made of (sizes, from their headers): the ETA's input.
+            files = pending_files(self.ledger, [batch.batch_id]).get(batch.batch_id, [])
+            work = self.workload.batch_work(info.path, files)
+            self.progress.begin_batch(batch.batch_id, batch.name, self.counts_for(batch), work)
+            self.poke()
             if pending:
                 # Decoding the first chunk is the first phase's work: say so from the start.
                 first = next(
@@ -123,6 +138,7 @@ class Pipeline:
             for batch_phase in self.batch_phases:
                 self._run_batch_phase(info, batch_phase)
         finally:
+            self.workload.forget(files)
             for phase in [*self.image_phases, *self.batch_phases]:
                 phase.cleanup()
 
@@ -161,6 +177,9 @@ class Pipeline:
 
     def _decode(self, info: BatchInfo, item: PendingImage) -> DecodedImage | DecodeFailure:
         path = info.path / item.rel_path
+        # CPU time, not wall time: the decode model learns what a photo costs, whatever
+        # else shares the cores meanwhile.
+        cpu0 = time.thread_time()
         try:
             d = decode(path, self.decode_cfg)
         except ImageError as exc:
@@ -184,6 +203,7 @@ class Pipeline:
         except ImageError as exc:
             d.image.close()
             return DecodeFailure(item, exc)
+        self.progress.decoded(item.image_id, time.thread_time() - cpu0)
         return decoded
 
     def _process_chunk(self, info: BatchInfo, results: list[DecodedImage | DecodeFailure]) -> None:
@@ -197,9 +217,7 @@ class Pipeline:
                 if not todo:
                     continue
                 self._start(info, phase.name)
-                outcomes = phase.process(
-                    info, todo, lambda n, p=phase.name: self.progress.advance(p, n)
-                )
+                outcomes = phase.process(info, todo, self._reporter(phase.name))
                 if len(outcomes) != len(todo):
                     raise RuntimeError(
                         f"{phase.name} returned {len(outcomes)} outcomes for {len(todo)}"
@@ -209,6 +227,12 @@ class Pipeline:
             for d in decoded:
                 d.image.close()
                 d.prepared.clear()
+
+    def _reporter(self, phase: str) -> Report:
+        def report(n: int, /, *, faces: int | None = None) -> None:
+            self.progress.advance(phase, n, faces=faces)
+
+        return report
 
     def _record_decode_failure(self, info: BatchInfo, failure: DecodeFailure) -> None:
         item, exc = failure.image, failure.error
@@ -234,7 +258,7 @@ class Pipeline:
         self._mark(info, name, PhaseState.RUNNING)
         t0 = time.monotonic()
 
-        def report(n: int) -> None:
+        def report(n: int, /, *, faces: int | None = None) -> None:
             self.progress.advance(name, n)
             self.ledger.set_batch_phase(info.batch_id, name, PhaseState.RUNNING, step=count.step)
 
