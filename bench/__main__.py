@@ -1,6 +1,6 @@
 """python -m bench [NAME ...] [--quick]: run the benchmarks, print one table, save it.
 
-Names: clip, faces, e2e, status, pickup, idle, memory, search, clustering
+Names: clip, faces, e2e, status, pickup, idle, memory, search, clustering, eta
 (default: all). e2e, status, pickup, idle and memory share one set of daemon
 runs, so asking for several of them costs little more than one.
 
@@ -27,7 +27,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 RESULTS = BENCH_DIR / "results"
 COMMITTED = BENCH_DIR / "RESULTS.md"
 DAEMON_PARTS = ("e2e", "status", "pickup", "idle", "memory")
-NAMES = ("clip", "faces", "search", "clustering", *DAEMON_PARTS)
+NAMES = ("clip", "faces", "search", "clustering", "eta", *DAEMON_PARTS)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,6 +126,10 @@ def _run_one(name: str, ctx: Context, extra: dict[str, Any]) -> list[Row]:
         from bench import bench_search
 
         return bench_search.run(ctx)
+    if name == "eta":
+        from bench import bench_eta
+
+        return bench_eta.run(ctx)
     from bench import run_clustering
 
     rows, raw = run_clustering.run(ctx)
