@@ -9,8 +9,9 @@ Truthfulness rules kept here, in one place:
   100 only when every step is done;
 * time in a step is credited only up to what the step is expected to take: a
   stalled step does not creep towards 100%, and past `stall_seconds` it is said;
-* within a batch no percentage goes backwards; when new folders join the run
-  `total_steps` grows and the overall percentage may drop (said in README).
+* within a batch no percentage goes backwards, nor the overall one from one batch
+  to the next; when new folders join the run `total_steps` grows and the overall
+  percentage may drop (said in README).
 
 Every write is consistent with itself: `snapshot` is given what the ledger's
 queue holds and shows `training` only with a batch, `idle` only with nothing
@@ -181,8 +182,8 @@ class Progress:
             # The first phase with work left is what the batch is doing from its
             # first moment (decoding for it), so a reader never sees a batch without one.
             self.phase = next((p for p in PHASES if counts[p].status not in DONE), None)
-            self._floor = 0.0
-            self._floor_total = 0
+            # The floor is kept: the run's percentage does not drop at a hand-over
+            # either (it is reset only when the run's total changes).
             now = self._clock()
             self.timing = Timing(began=now, last_event=now)
             self.costs.begin_batch()
