@@ -183,6 +183,7 @@ class Pipeline:
         try:
             d = decode(path, self.decode_cfg)
         except ImageError as exc:
+            self.progress.decoded(item.image_id, time.thread_time() - cpu0, ok=False)
             return DecodeFailure(item, exc)
         decoded = DecodedImage(
             image_id=item.image_id,
@@ -202,6 +203,7 @@ class Pipeline:
                     decoded.prepared[phase.name] = phase.prepare(decoded)
         except ImageError as exc:
             d.image.close()
+            self.progress.decoded(item.image_id, time.thread_time() - cpu0, ok=False)
             return DecodeFailure(item, exc)
         self.progress.decoded(item.image_id, time.thread_time() - cpu0)
         return decoded
@@ -247,7 +249,8 @@ class Pipeline:
             )
             # One error row per file, not one per phase.
             self.ledger.record_outcomes(info.batch_id, phase, [outcome], log_errors=i == 0)
-            self.progress.advance(phase, 1)
+            # Its decode failed in a worker: the wait since the last report is the chunk's.
+            self.progress.advance(phase, 1, timed=False)
         log.warning("skipped %s: %s %s", item.rel_path, exc.code, exc.message)
 
     def _run_batch_phase(self, info: BatchInfo, phase: BatchPhase) -> None:

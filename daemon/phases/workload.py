@@ -50,16 +50,17 @@ class Workload:
             ]
         return BatchWork(rows)
 
-    def phase_work(self, folder: Path, pending: list[PendingFile]) -> dict[str, PhaseWork]:
-        """Per image phase, the pending images' steps and summed decode features."""
+    def phase_work(
+        self, folder: Path, pending: list[PendingFile]
+    ) -> tuple[dict[str, PhaseWork], np.ndarray]:
+        """Per image phase the pending images' steps; and the decode features of every
+        photo to decode (once, for all image phases), summed."""
         out = {}
         for phase in IMAGE_PHASES:
-            items = [i for i in pending if phase in i.phases]
-            if not items:
-                continue
-            sums = np.zeros(len(DECODE_FEATURES))
-            for i in items:
-                sums += np.asarray(self.features(folder, i))
-            faces = None if phase == PhaseName.FACES else 0.0
-            out[phase] = PhaseWork(float(len(items)), sums, faces)
-        return out
+            n = sum(1 for i in pending if phase in i.phases)
+            if n:
+                out[phase] = PhaseWork(float(n), None if phase == PhaseName.FACES else 0.0)
+        decode = np.zeros(len(DECODE_FEATURES))
+        for i in pending:
+            decode += np.asarray(self.features(folder, i))
+        return out, decode

@@ -13,6 +13,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
+
 from daemon.ledger import workload as work_rows
 from daemon.ledger.ledger import Ledger
 from daemon.phases.workload import Workload
@@ -55,7 +57,7 @@ def plan_run(ledger: Ledger, workload: Workload, batch_phase_steps: dict[str, in
             images=images.get(b.batch_id, (0, 0)),
         )
         if b.state in NOT_STARTED:
-            plan.work = _batch_work(b, steps, pending.get(b.batch_id, []), workload)
+            plan.work, plan.decode = _batch_work(b, steps, pending.get(b.batch_id, []), workload)
         plans.append(plan)
     started = work_rows.run_started_at(ledger, run_id)
     return RunPlan(
@@ -67,15 +69,15 @@ def plan_run(ledger: Ledger, workload: Workload, batch_phase_steps: dict[str, in
 
 def _batch_work(
     batch: Batch, steps: dict[str, list[int]], pending: list, workload: Workload
-) -> dict[str, PhaseWork]:
-    work = workload.phase_work(Path(batch.path or ""), pending)
+) -> tuple[dict[str, PhaseWork], np.ndarray]:
+    work, decode = workload.phase_work(Path(batch.path or ""), pending)
     face_images = work[PhaseName.FACES].steps if PhaseName.FACES in work else 0.0
     for p in PHASES:
         done, total = steps[p]
         if is_batch_phase(p) and total > done:
             # Clustering's cost follows the faces it will group: expected from the images.
-            work[p] = PhaseWork(float(total - done), None, None, images=face_images)
-    return work
+            work[p] = PhaseWork(float(total - done), None, images=face_images)
+    return work, decode
 
 
 def upcoming_counts(

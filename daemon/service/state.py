@@ -46,7 +46,7 @@ class RunState:
     def queued(self, batch_id: int) -> None:
         """A batch was claimed: the run starts (or grows). Headers are read before the lock."""
         files = workload.pending_files(self.ledger, [batch_id]).get(batch_id, [])
-        self.workload.phase_work(Path(self.ledger.batch(batch_id).path or ""), files)
+        self.workload.phase_work(Path(self.ledger.batch(batch_id).path or ""), files)  # cache
         with self.progress.lock:
             self.ledger.open_run()
             self.refresh()

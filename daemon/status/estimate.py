@@ -7,10 +7,12 @@ from a count of steps:
   a constant, per megapixel decoded (after JPEG DCT scaling), per megapixel
   resized down to `decode.max_side`, per megabyte of file. Learned from every
   photo the decode workers time.
-* one model per phase: the wall seconds between two progress reports, from what
-  the reported steps were made of: per step (an image, or a clustering
-  sub-step), per second of predicted decoding (the models wait for it or share
-  the CPU with it), and per face found.
+* `wall`: the wall seconds between two progress reports, from what happened in
+  them: per step of the reporting phase (an image, or a clustering sub-step),
+  per face found, and per CPU second the decode workers spent meanwhile (they
+  run ahead of the models and share the cores with them). Decoding is its own
+  stream of work: what is left of it is the photos not decoded yet, so the
+  last chunks of a batch, decoded ahead, are foreseen to go faster.
 
 Each is a least-squares regression pulled toward a prior (so a fresh library
 starts from sane guesses, and a direction the photos never varied in stays at
@@ -37,18 +39,22 @@ import numpy as np
 from daemon.vocab import PHASES
 
 DECODE_FEATURES = ("photo", "mpx", "resized_mpx", "mb")
-WORK_FEATURES = ("steps", "decode_seconds", "faces")
+WALL_FEATURES = (
+    "embedding_steps",
+    "faces_steps",
+    "faces_found",
+    "clustering_steps",
+    "clustering_faces",
+    "decode_cpu_seconds",
+)
+STEP_SLOTS = (0, 1, 3)
 
 # Priors: where a fresh library starts (seconds), and each feature's typical size per
 # report, which scales how strongly the prior holds (PRIOR_WEIGHT reports' worth).
 DECODE_PRIOR = (0.003, 0.004, 0.012, 0.008)
 DECODE_SCALE = (1.0, 2.0, 2.0, 2.0)
-PHASE_PRIOR = {
-    "embedding": (0.05, 0.5, 0.0),
-    "faces": (0.03, 0.2, 0.01),
-    "clustering": (0.1, 0.0, 0.001),
-}
-PHASE_SCALE = (1.0, 0.05, 1.0)
+WALL_PRIOR = (0.05, 0.03, 0.01, 0.1, 0.001, 0.5)
+WALL_SCALE = (1.0, 1.0, 1.0, 1.0, 20.0, 1.0)
 PRIOR_WEIGHT = 1.0
 MEMORY = 3000.0  # steps (or photos) a regression remembers; older ones fade in proportion
 FACES_PRIOR = 0.3  # faces per image before any was seen
@@ -83,9 +89,12 @@ def _nonnegative_ridge(m: np.ndarray, v: np.ndarray) -> np.ndarray:
 class Regression:
     """seconds ≈ coef · x, least squares with a prior, coef >= 0, bounded memory."""
 
-    def __init__(self, prior: tuple[float, ...], scale: tuple[float, ...]) -> None:
+    def __init__(
+        self, prior: tuple[float, ...], scale: tuple[float, ...], steps: tuple[int, ...] = (0,)
+    ) -> None:
         self.prior = np.asarray(prior, dtype=float)
         self.penalty = PRIOR_WEIGHT * np.asarray(scale, dtype=float) ** 2
+        self.steps = list(steps)  # the features that count steps, for the memory's bound
         n = len(prior)
         self.xtx = np.zeros((n, n))
         self.xty = np.zeros(n)
@@ -95,7 +104,7 @@ class Regression:
     def observe(self, x: np.ndarray, seconds: float) -> None:
         self.xtx += np.outer(x, x)
         self.xty += x * seconds
-        self.count += float(x[0])
+        self.count += float(x[self.steps].sum())
         if self.count > MEMORY:
             fade = MEMORY / self.count
             self.xtx *= fade
@@ -131,7 +140,7 @@ class Rate:
         self.steps = 0.0
 
     def observe(self, x: np.ndarray, seconds: float) -> None:
-        self.steps += float(x[0])
+        self.steps += float(x[list(STEP_SLOTS)].sum())
         self.obs.append((x, seconds, self.steps))
 
     def sums(self, model: Regression) -> tuple[float, float]:
@@ -153,75 +162,62 @@ class Rate:
 
 @dataclass
 class PhaseWork:
-    """Work of one phase: steps, the decode features of its images, and faces."""
+    """Work of one phase: steps, and the faces found in them (or to be found)."""
 
     steps: float = 0.0
-    decode: np.ndarray | None = None  # sums of DECODE_FEATURES
     faces: float | None = None  # faces found; None: expected from the faces per image
     images: float = 0.0  # for a batch phase: the images whose faces it will group
-
-    def decode_sums(self) -> np.ndarray:
-        return np.zeros(len(DECODE_FEATURES)) if self.decode is None else self.decode
 
     def __add__(self, other: PhaseWork) -> PhaseWork:
         if self.faces is None and other.faces is None:
             faces = None
         else:
             faces = (self.faces or 0.0) + (other.faces or 0.0)
-        return PhaseWork(
-            self.steps + other.steps,
-            self.decode_sums() + other.decode_sums(),
-            faces,
-            self.images + other.images,
-        )
+        return PhaseWork(self.steps + other.steps, faces, self.images + other.images)
 
 
 class BatchWork:
-    """The current batch's images still to process, per image phase, in processing order."""
+    """The current batch's photos still to process: per image phase the files in the
+    order the pipeline takes them, and each photo's decode features."""
 
     def __init__(
         self,
         rows: dict[str, list[tuple[int, str, tuple[float, ...]]]] | None = None,
     ) -> None:
-        # rows: phase -> [(image_id, file name, decode features)], as the pipeline takes them.
+        # rows: phase -> [(image_id, file name, decode features)].
         self.names: dict[str, list[str]] = {}
-        self._sums: dict[str, np.ndarray] = {}
         self.by_image: dict[int, tuple[float, ...]] = {}
         for phase, items in (rows or {}).items():
             self.names[phase] = [name for _, name, _ in items]
-            feats = np.asarray([f for _, _, f in items], dtype=float).reshape(
-                -1, len(DECODE_FEATURES)
-            )
-            zero = np.zeros((1, len(DECODE_FEATURES)))
-            self._sums[phase] = np.vstack([zero, np.cumsum(feats, axis=0)])
             self.by_image.update({i: f for i, _, f in items})
-
-    def decode(self, phase: str, start: int, n: int | None = None) -> np.ndarray | None:
-        """Decode features summed over `n` images from `start` (None: to the end)."""
-        sums = self._sums.get(phase)
-        if sums is None:
-            return None
-        last = len(sums) - 1
-        a = min(max(start, 0), last)
-        b = last if n is None else min(a + max(n, 0), last)
-        return sums[b] - sums[a]
+        self.decode = np.zeros(len(DECODE_FEATURES))  # every photo to decode, summed
+        for features in self.by_image.values():
+            self.decode += np.asarray(features, dtype=float)
 
     def name(self, phase: str, index: int) -> str | None:
         names = self.names.get(phase, [])
         return names[index] if 0 <= index < len(names) else None
 
 
+# Where each phase's work sits in the wall-time regression: (steps, faces) slots.
+SLOTS: dict[str, tuple[int, int | None]] = {
+    "embedding": (0, None),
+    "faces": (1, 2),
+    "clustering": (3, 4),
+}
+DECODE_SLOT = 5
+
+
 class Estimator:
-    """The models of every phase and of decoding, the current batch's rates, faces per image."""
+    """The wall-time and decode models, the current batch's rates, faces per image."""
 
     def __init__(self, steps_prior: dict[str, float] | None = None, chunk: int = 32) -> None:
         self.decode = Regression(DECODE_PRIOR, DECODE_SCALE)
-        self.phases: dict[str, Regression] = {}
-        for p in PHASES:
-            prior = list(PHASE_PRIOR[p])
-            if steps_prior and p in steps_prior:
-                prior[0] = steps_prior[p]
-            self.phases[p] = Regression(tuple(prior), PHASE_SCALE)
+        prior = list(WALL_PRIOR)
+        for phase, cost in (steps_prior or {}).items():
+            if phase in SLOTS:
+                prior[SLOTS[phase][0]] = cost
+        self.wall = Regression(tuple(prior), WALL_SCALE, steps=STEP_SLOTS)
         self.chunk = chunk
         self.faces_per_image = FACES_PRIOR
         self.overhead = OVERHEAD_PRIOR
@@ -245,22 +241,24 @@ class Estimator:
     def observe_decode(self, features: tuple[float, ...], cpu_seconds: float) -> None:
         self.decode.observe(np.asarray(features, dtype=float), cpu_seconds)
 
-    def decode_seconds(self, decode_sums: np.ndarray) -> float:
-        return self.decode.predict(decode_sums)
+    def vector(self, phase: str, work: PhaseWork, decode_cpu: float = 0.0) -> np.ndarray:
+        x = np.zeros(len(WALL_FEATURES))
+        steps_slot, faces_slot = SLOTS[phase]
+        x[steps_slot] = work.steps
+        if faces_slot is not None:
+            faces = work.faces
+            if faces is None:
+                faces = self.expected_faces() * (work.steps if phase == "faces" else work.images)
+            x[faces_slot] = faces
+        x[DECODE_SLOT] = decode_cpu
+        return x
 
-    def work_vector(self, phase: str, work: PhaseWork) -> np.ndarray:
-        faces = work.faces
-        if faces is None:
-            images = work.steps if phase == "faces" else work.images
-            faces = self.expected_faces() * images
-        return np.asarray([work.steps, self.decode_seconds(work.decode_sums()), faces])
-
-    def observe(self, phase: str, work: PhaseWork, seconds: float, *, rate: bool = True) -> None:
-        """`seconds` of wall time went into `work` (its faces known) in `phase`."""
-        x = self.work_vector(phase, work)
-        self.phases[phase].observe(x, seconds)
-        if rate:
-            self.rates[phase].observe(x, seconds)
+    def observe(self, phase: str, work: PhaseWork, seconds: float, decode_cpu: float) -> None:
+        """`seconds` of wall time went into `work` (its faces known) in `phase`, while the
+        decode workers spent `decode_cpu` CPU seconds."""
+        x = self.vector(phase, work, decode_cpu)
+        self.wall.observe(x, seconds)
+        self.rates[phase].observe(x, seconds)
         if phase == "faces" and work.faces is not None:
             self.batch_faces += work.faces
             self.batch_face_images += work.steps
@@ -277,21 +275,27 @@ class Estimator:
         until its first step), the rate of the phases it has run: a busier machine
         slows them all."""
         if self.rates[phase].obs:
-            return self.rates[phase].factor(self.phases[phase])
+            return self.rates[phase].factor(self.wall)
         measured = predicted = steps = 0.0
-        for p, r in self.rates.items():
-            m, pr = r.sums(self.phases[p])
+        for r in self.rates.values():
+            m, pr = r.sums(self.wall)
             measured, predicted, steps = measured + m, predicted + pr, steps + r.steps
         if predicted <= 1e-9:
             return 1.0
         trust = steps / (steps + self.chunk)
         return (1.0 - trust) + trust * measured / predicted
 
-    def seconds(self, phase: str, work: PhaseWork, rate: float | None = None) -> float:
+    def seconds(self, phase: str, work: PhaseWork) -> float:
+        """Wall seconds `work` of `phase` will take, decoding aside."""
         if work.steps <= 0:
             return 0.0
-        r = self.rate(phase) if rate is None else rate
-        return r * self.phases[phase].predict(self.work_vector(phase, work))
+        return self.rate(phase) * self.wall.predict(self.vector(phase, work))
+
+    def decode_seconds(self, decode_sums: np.ndarray) -> float:
+        """Wall seconds decoding these photos adds (their CPU seconds, as the models share
+        the cores with the decode workers), at the image phases' rate."""
+        cpu = self.decode.predict(decode_sums)
+        return self.rate("embedding") * float(self.wall.coef()[DECODE_SLOT]) * cpu
 
     def cost(self, phase: str) -> float:
         """Seconds one plain step of `phase` is expected to take now."""
@@ -300,15 +304,16 @@ class Estimator:
     # -- memory ------------------------------------------------------------
     def memory(self) -> dict[str, str]:
         """What the ledger keeps, one JSON text per model."""
-        out = {p: json.dumps(r.dump()) for p, r in self.phases.items()}
-        out["decode"] = json.dumps(
-            {
-                **self.decode.dump(),
-                "faces_per_image": self.faces_per_image,
-                "overhead": self.overhead,
-            }
-        )
-        return out
+        return {
+            "wall": json.dumps(self.wall.dump()),
+            "decode": json.dumps(
+                {
+                    **self.decode.dump(),
+                    "faces_per_image": self.faces_per_image,
+                    "overhead": self.overhead,
+                }
+            ),
+        }
 
     def load(self, memory: dict[str, str]) -> None:
         for name, text in memory.items():
@@ -318,9 +323,11 @@ class Estimator:
                     self.decode.load(data)
                     self.faces_per_image = float(data.get("faces_per_image", FACES_PRIOR))
                     self.overhead = float(data.get("overhead", OVERHEAD_PRIOR))
-                elif name in self.phases:
-                    self.phases[name].load(data)
-            except (ValueError, KeyError, TypeError):
+                elif name == "wall":
+                    self.wall.load(data)
+            except (ValueError, KeyError, TypeError, AttributeError):
                 continue  # a damaged memory only costs the estimate its history
         if not math.isfinite(self.faces_per_image) or self.faces_per_image < 0:
             self.faces_per_image = FACES_PRIOR
+        if not math.isfinite(self.overhead) or self.overhead < 0:
+            self.overhead = OVERHEAD_PRIOR

@@ -65,6 +65,7 @@ def outlook(pr: Progress, now: float) -> Outlook:
         _current(pr, out, now, pr.batch_clock)
     for phase, work in out.others.work.items():
         out.waiting += pr.costs.seconds(phase, work)
+    out.waiting += pr.costs.decode_seconds(out.others.decode)
     out.waiting += out.others.batches_left * pr.costs.overhead
     out.eta = sum(out.left.values()) + out.overhead + out.waiting
     out.spent += out.others.spent
@@ -81,11 +82,20 @@ def _current(pr: Progress, out: Outlook, now: float, began: float) -> None:
         if c.status in OVER or left <= 0:
             continue
         out.left[phase] = pr.costs.seconds(phase, pr.work_of(phase, left))
+    # Decoding is a stream of its own, ahead of the models: what is left of it is the
+    # photos not decoded yet, and it is over before the first image phase is.
+    undecoded, undecoded_n = pr.undecoded()
+    decoding = pr.costs.decode_seconds(undecoded) if undecoded_n else 0.0
+    first = next((q for q in IMAGE_PHASES if q in out.left), None)
+    if first is not None:
+        out.left[first] += decoding
     cur = pr.phase
     if cur is not None and cur in out.left:
         c = pr.counts[cur]
         n = min(t.last_n.get(cur, 1 if is_batch_phase(cur) else pr.chunk), c.total - c.step)
         out.step_expected = pr.costs.seconds(cur, pr.work_of(cur, n))
+        if cur == first and undecoded_n:
+            out.step_expected += decoding * min(1.0, n / undecoded_n)
         # In-flight time counts as done only up to what the step should take.
         out.credit = min(since, out.step_expected)
         out.left[cur] = max(out.left[cur] - out.credit, 0.0)

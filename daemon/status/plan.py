@@ -12,7 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from daemon.status.estimate import PhaseWork
+import numpy as np
+
+from daemon.status.estimate import DECODE_FEATURES, PhaseWork
 from daemon.status.model import PhaseProgress, honest_percentage
 from daemon.vocab import PHASES, PhaseState
 
@@ -47,6 +49,7 @@ class BatchPlan:
     batch_id: int
     steps: dict[str, list[int]]  # phase -> [done, total]
     work: dict[str, PhaseWork] = field(default_factory=dict)  # phase -> work not done yet
+    decode: np.ndarray | None = None  # decode features of its photos not decoded yet
     finished: bool = False  # completed, failed or cancelled
     seconds: float = 0.0  # work seconds spent on it so far (all attempts)
     images: tuple[int, int] = (0, 0)  # images through every image phase, images to process
@@ -69,6 +72,7 @@ class Others:
 
     steps: dict[str, list[int]]
     work: dict[str, PhaseWork]
+    decode: np.ndarray = field(default_factory=lambda: np.zeros(len(DECODE_FEATURES)))
     batches_left: int = 0  # not finished: each still costs a batch's overhead
     batches_done: int = 0
     spent: float = 0.0  # work seconds spent, the current batch's earlier attempts included
@@ -95,6 +99,8 @@ def others(run: RunPlan, current: int | None) -> Others:
             out.batches_left += 1
             for p, w in b.work.items():
                 out.work[p] = out.work[p] + w if p in out.work else w
+            if b.decode is not None:
+                out.decode = out.decode + b.decode
         out.images[0] += b.images[0]
         out.images[1] += b.images[1]
     return out
@@ -122,3 +128,6 @@ class Timing:
     reports: int = 0
     consumed: dict[str, int] = field(default_factory=dict)  # pending images reported, per phase
     last_n: dict[str, int] = field(default_factory=dict)  # steps in each phase's last report
+    decode_cpu: float = 0.0  # CPU seconds the decode workers spent since the last report
+    decoded: np.ndarray = field(default_factory=lambda: np.zeros(len(DECODE_FEATURES)))
+    decoded_n: int = 0  # photos decoded so far

@@ -28,6 +28,8 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from daemon.status.estimate import BatchWork, Estimator, PhaseWork
 from daemon.status.model import (
     ErrorEntry,
@@ -205,9 +207,13 @@ class Progress:
                 raise AssertionError(f"{phase} marked completed at {count.step}/{count.total}")
             count.status = status
 
-    def advance(self, phase: str, n: int = 1, *, faces: int | None = None) -> None:
+    def advance(
+        self, phase: str, n: int = 1, *, faces: int | None = None, timed: bool = True
+    ) -> None:
         """`n` steps of `phase` are done (with `faces` found in them, when the phase finds
-        faces); the wall time since the last report was theirs."""
+        faces); the wall time since the last report was theirs. `timed=False`: steps
+        that took no time of their own (a photo that failed to decode), whose time goes
+        to the next report."""
         now = self._clock()
         with self.lock:
             count = self.counts[phase]
@@ -215,14 +221,18 @@ class Progress:
             if n <= 0:
                 return
             t = self.timing
-            work = self._work(phase, t.consumed.get(phase, 0), n, faces)
+            work = self._work(phase, n, faces)
             t.consumed[phase] = t.consumed.get(phase, 0) + n
-            t.last_n[phase] = n
             count.step += n
+            if not timed:
+                self.counters.phase_steps[phase] += n
+                return
+            t.last_n[phase] = n
             seconds = max(now - t.last_event, 0.0)
             if t.reports:
-                self.costs.observe(phase, work, seconds)
+                self.costs.observe(phase, work, seconds, t.decode_cpu)
                 t.attributed += seconds
+            t.decode_cpu = 0.0
             # else: the batch's first report also paid for starting it (nothing decoded
             # ahead yet): that is the batch's overhead, not a rate to plan by.
             t.reports += 1
@@ -234,12 +244,18 @@ class Progress:
                 self._observe_throughput(now, n)
             t.last_event = now
 
-    def decoded(self, image_id: int, cpu_seconds: float) -> None:
-        """A decode worker took `cpu_seconds` of CPU for this image (decode + prepare)."""
+    def decoded(self, image_id: int, cpu_seconds: float, *, ok: bool = True) -> None:
+        """A decode worker took `cpu_seconds` of CPU for this image (decode + prepare);
+        `ok=False`: it failed, and its time says nothing about what a photo costs."""
         with self.lock:
+            t = self.timing
+            t.decode_cpu += cpu_seconds
             features = self.work.by_image.get(image_id)
             if features is not None:
-                self.costs.observe_decode(features, cpu_seconds)
+                t.decoded = t.decoded + np.asarray(features, dtype=float)
+                t.decoded_n += 1
+                if ok:
+                    self.costs.observe_decode(features, cpu_seconds)
 
     def end_batch(self, *, learn: bool = False) -> None:
         """The batch is over; with `learn`, it ran to its end and teaches the overhead."""
@@ -261,19 +277,23 @@ class Progress:
 
     def work_of(self, phase: str, n: float) -> PhaseWork:
         """The next `n` steps of `phase` in the current batch, as the estimator sees them."""
-        return self._work(phase, self.timing.consumed.get(phase, 0), n, None)
+        return self._work(phase, n, None)
 
     def memory(self) -> dict[str, str]:
         with self.lock:
             return self.costs.memory()
 
-    def _work(self, phase: str, start: int, n: float, faces: int | None) -> PhaseWork:
-        """What `n` steps of `phase` from its `start`-th pending image are made of."""
+    def _work(self, phase: str, n: float, faces: int | None) -> PhaseWork:
+        """What `n` steps of `phase` are made of (decoding is counted on its own)."""
         if is_batch_phase(phase):
             total = self.counts[phase].total or 1
-            return PhaseWork(n, None, self._batch_faces() * n / total)
-        found = (float(faces) if faces is not None else None) if phase == "faces" else 0.0
-        return PhaseWork(n, self.work.decode(phase, start, int(n)), found)
+            return PhaseWork(n, self._batch_faces() * n / total)
+        return PhaseWork(n, None if faces is None else float(faces))
+
+    def undecoded(self) -> tuple[np.ndarray, int]:
+        """Decode features of the current batch's photos not decoded yet, and how many."""
+        left = np.maximum(self.work.decode - self.timing.decoded, 0.0)
+        return left, max(len(self.work.by_image) - self.timing.decoded_n, 0)
 
     def _batch_faces(self) -> float:
         """Faces the batch will have had found by the time it is clustered."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 
-from daemon.status.estimate import DECODE_FEATURES, BatchWork, PhaseWork, Regression
+from daemon.status.estimate import BatchWork, PhaseWork, Regression
 from daemon.status.progress import PhaseCount, Progress
 from daemon.vocab import DaemonStatus, PhaseState
 from tests.helpers import contradictions
@@ -109,17 +109,30 @@ class Simulator:
             batch_id, f"batch {batch_id}", counts, BatchWork({"embedding": rows, "faces": rows})
         )
         self.run = Run(self.clock.now)
+        # Decoding runs RUN_AHEAD chunks ahead of the models, as the pipeline's workers do:
+        # each photo's decode lands in whichever report is under way, and slows it.
+        to_decode = list(zip(ids, (kind for kind, _ in photos), strict=True))
+
+        def decode(k: int) -> float:
+            cpu = 0.0
+            for _ in range(min(k, len(to_decode))):
+                image_id, kind = to_decode.pop(0)
+                took = decode_cpu(kind) * (1 + self.rng.uniform(-0.2, 0.2))
+                p.decoded(image_id, took)
+                cpu += took
+            return 0.5 * cpu  # two workers on two shared cores
+
+        startup = decode(2 * CHUNK)  # the first two chunks, before any model runs
         found = 0
         for c0 in range(0, n, CHUNK):
             part = photos[c0 : c0 + CHUNK]
-            for i, (kind, _) in zip(ids[c0:], part, strict=False):
-                p.decoded(i, decode_cpu(kind) * (1 + self.rng.uniform(-0.2, 0.2)))
             p.phase_started("embedding")
-            self._tick(sum(0.04 + 0.5 * decode_cpu(kind) for kind, _ in part))
+            self._tick(startup + 0.04 * len(part))
+            startup = 0.0
             p.advance("embedding", len(part))
             p.phase_started("faces")
-            for kind, faces in part:
-                self._tick(0.03 + 0.3 * decode_cpu(kind) + 0.02 * faces)
+            for _, faces in part:
+                self._tick(0.03 + 0.02 * faces + decode(1))
                 p.advance("faces", 1, faces=faces)
                 found += faces
             if on_chunk:
@@ -321,8 +334,10 @@ def test_memory_survives_a_restart_and_a_damaged_one_is_ignored() -> None:
     memory = _warm_memory(0)
     warm = Progress(data_dir="/", memory=memory)
     fresh = Progress(data_dir="/")
-    work = PhaseWork(32, np.asarray(KINDS["12mp"]) * 32, 0.0)
+    work = PhaseWork(32)
+    photos = np.asarray(KINDS["12mp"]) * 32
     assert warm.costs.seconds("embedding", work) != fresh.costs.seconds("embedding", work)
-    broken = Progress(data_dir="/", memory={"embedding": "{not json", "decode": "[]"})
+    assert warm.costs.decode_seconds(photos) != fresh.costs.decode_seconds(photos)
+    broken = Progress(data_dir="/", memory={"wall": "{not json", "decode": "[]"})
     assert broken.costs.seconds("embedding", work) == fresh.costs.seconds("embedding", work)
-    assert len(DECODE_FEATURES) == 4
+    assert broken.costs.decode_seconds(photos) == fresh.costs.decode_seconds(photos)
