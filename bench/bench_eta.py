@@ -120,7 +120,7 @@ def measure(name: str, seen: list[Seen]) -> RunResult:
             gaps.append(s["overall_progress"]["percentage"] - share)
     return RunResult(
         name=name,
-        photos=start.status["run"]["images_total"],
+        photos=max(s.status["run"]["images_total"] for s in seen if s.status.get("run")),
         seconds=t1 - t0,
         errors=errors,
         worst_gap=max(gaps, key=abs) if gaps else float("nan"),
