@@ -104,13 +104,17 @@ def _overall_line(s: Status) -> str | None:
         parts.append(f"ETA {render.duration(o.eta_seconds)}{at}")
     if s.throughput is not None and s.status in (DaemonStatus.TRAINING, DaemonStatus.PAUSED):
         parts.append(f"throughput {s.throughput:.2f} images/s")
-    if s.run is not None:
-        r = s.run
-        parts.append(
-            f"run since {render.local_time(r.started_at, date=False)}: {r.batches_done}/"
-            f"{r.batches_total} batches, {r.images_done}/{r.images_total} images"
-        )
     return "  ·  ".join(parts) or None
+
+
+def _run_line(s: Status) -> str | None:
+    r = s.run
+    if r is None:
+        return None
+    return (
+        f"Run since {render.local_time(r.started_at, date=False)}: {r.batches_done} of"
+        f" {r.batches_total} batches done, {r.images_done} of {r.images_total} images"
+    )
 
 
 def _history(s: Status) -> list[RenderableType]:
@@ -195,9 +199,9 @@ def view(s: Status, live: Liveness) -> RenderableType:
         phase = f", phase {s.phase}" if s.phase else ""
         parts.append(Text(f"Batch {s.batch_id}: {s.current_file}{phase}"))
         parts.append(_bars(s))
-    overall = _overall_line(s)
-    if overall:
-        parts.append(Text(overall))
+    for line in (_overall_line(s), _run_line(s)):
+        if line:
+            parts.append(Text(line))
     parts.extend(_history(s))
     return Group(*parts)
 

@@ -113,10 +113,18 @@ def test_a_stall_is_shown_in_red_with_its_reason_and_phase_etas(cfg, capsys, tmp
         stalled=True,
         stalled_since=(datetime.now(UTC) - timedelta(seconds=65)).isoformat(),
         stall_reason=reason,
+        run={
+            "started_at": datetime.now(UTC).isoformat(),
+            "batches_done": 1,
+            "batches_total": 3,
+            "images_done": 27,
+            "images_total": 60,
+        },
     )
     code, out, _ = cli(capsys, cfg, "status")
     assert code == 0
     assert "STALLED since " in out and reason in out
+    assert "1 of 3 batches done, 27 of 60 images" in out
     faces = next(x for x in out.splitlines() if x.startswith("▶ faces"))
     assert "done in" in faces  # the phase's own ETA
     status, _ = read_status(load_config(cfg))
