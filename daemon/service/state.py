@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from daemon.config import Config
+from daemon.errors import DiskFull
 from daemon.ledger import history, workload
 from daemon.ledger.ledger import Ledger
 from daemon.phases.registry import declared_steps
@@ -95,6 +96,10 @@ class RunState:
             upcoming = None
             if queued and not paused and self.progress.batch_id is None:
                 upcoming = self._upcoming()
+                if upcoming is None:  # another process took it meanwhile (a cancel): read again
+                    counts = self.ledger.queue_counts()
+                    self.progress.set_queue(counts, paused)
+                    queued = counts.get("waiting", 0) + counts.get("running", 0) > 0
             return self.progress.snapshot(queued=queued, paused=paused, upcoming=upcoming)
 
     def _upcoming(self) -> tuple[int, str, dict[str, PhaseCount]] | None:
@@ -103,8 +108,11 @@ class RunState:
         if batch is None:
             return None
         if batch.batch_id not in self.progress.run.batch_ids:
-            self.ledger.open_run()
-            self.refresh()
+            try:
+                self.ledger.open_run()
+                self.refresh()
+            except DiskFull:
+                pass  # shown all the same; the main loop joins it to the run when it can
         counts = upcoming_counts(self.ledger, batch, declared_steps(self.config))
         return batch.batch_id, batch.name, counts
 
