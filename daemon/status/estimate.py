@@ -61,8 +61,8 @@ FACES_PRIOR = 0.3  # faces per image before any was seen
 FACES_WEIGHT = 32.0  # images of the batch needed to outweigh the remembered faces per image
 RATE_TAU = 96.0  # steps: how fast a batch's observed rate forgets its older reports
 RATE_KEEP = 512  # reports kept for the rate
-OVERHEAD_PRIOR = 0.5  # seconds per batch outside any phase's reports
-OVERHEAD_ALPHA = 0.3  # smoothing of that overhead from batch to batch
+OVERHEAD_PRIOR = 1.5  # seconds per batch beyond its phases' work: starting, finishing
+OVERHEAD_ALPHA = 0.2  # its smoothing from batch to batch, once a few batches are in
 
 
 def _nonnegative_ridge(m: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -221,6 +221,7 @@ class Estimator:
         self.chunk = chunk
         self.faces_per_image = FACES_PRIOR
         self.overhead = OVERHEAD_PRIOR
+        self.overhead_batches = 0  # batches the overhead was learned from
         self.rates = {p: Rate(chunk) for p in PHASES}
         self.batch_faces = 0.0
         self.batch_face_images = 0.0
@@ -235,7 +236,10 @@ class Estimator:
         if self.batch_face_images:
             self.faces_per_image = self.expected_faces()
         if unattributed_seconds is not None:
-            self.overhead += OVERHEAD_ALPHA * (max(unattributed_seconds, 0.0) - self.overhead)
+            # A mean over the first batches (the prior counts as one), then an EWMA.
+            weight = max(1.0 / (self.overhead_batches + 2), OVERHEAD_ALPHA)
+            self.overhead += weight * (max(unattributed_seconds, 0.0) - self.overhead)
+            self.overhead_batches += 1
 
     # -- observations --------------------------------------------------------
     def observe_decode(self, features: tuple[float, ...], cpu_seconds: float) -> None:
@@ -291,6 +295,10 @@ class Estimator:
             return 0.0
         return self.rate(phase) * self.wall.predict(self.vector(phase, work))
 
+    def predict(self, phase: str, work: PhaseWork, decode_cpu: float) -> float:
+        """Wall seconds a report of `work` with `decode_cpu` decoding in it should take."""
+        return self.rate(phase) * self.wall.predict(self.vector(phase, work, decode_cpu))
+
     def decode_seconds(self, decode_sums: np.ndarray) -> float:
         """Wall seconds decoding these photos adds (their CPU seconds, as the models share
         the cores with the decode workers), at the image phases' rate."""
@@ -311,6 +319,7 @@ class Estimator:
                     **self.decode.dump(),
                     "faces_per_image": self.faces_per_image,
                     "overhead": self.overhead,
+                    "overhead_batches": self.overhead_batches,
                 }
             ),
         }
@@ -323,6 +332,7 @@ class Estimator:
                     self.decode.load(data)
                     self.faces_per_image = float(data.get("faces_per_image", FACES_PRIOR))
                     self.overhead = float(data.get("overhead", OVERHEAD_PRIOR))
+                    self.overhead_batches = int(data.get("overhead_batches", 0))
                 elif name == "wall":
                     self.wall.load(data)
             except (ValueError, KeyError, TypeError, AttributeError):

@@ -232,9 +232,12 @@ class Progress:
             if t.reports:
                 self.costs.observe(phase, work, seconds, t.decode_cpu)
                 t.attributed += seconds
+            else:
+                # The batch's first report also paid for starting it (nothing decoded
+                # ahead, models cold): not a rate to plan by. Its work is worth what the
+                # model says; the rest is the batch's overhead.
+                t.attributed += min(seconds, self.costs.predict(phase, work, t.decode_cpu))
             t.decode_cpu = 0.0
-            # else: the batch's first report also paid for starting it (nothing decoded
-            # ahead yet): that is the batch's overhead, not a rate to plan by.
             t.reports += 1
             self.counters.phase_seconds[phase] += seconds
             self.counters.phase_steps[phase] += n

@@ -144,7 +144,7 @@ class Simulator:
             self._tick(0.1 + 0.002 * found / 5)
             p.advance("clustering", 1)
         p.phase_finished("clustering", PhaseState.COMPLETED)
-        self.clock.now += 0.2
+        self.clock.now += 1.0  # finishing the batch: the ledger, the summary, the totals
         self.run.end = self.clock.now
         p.end_batch(learn=True)
         return self.run
