@@ -1,6 +1,6 @@
 """python -m bench [NAME ...] [--quick]: run the benchmarks, print one table, save it.
 
-Names: clip, faces, e2e, status, pickup, idle, memory, search, clustering, workers, gpu
+Names: clip, faces, e2e, status, pickup, idle, memory, search, clustering, workers, eta, gpu
 (default: all). e2e, status, pickup, idle and memory share one set of daemon
 runs, so asking for several of them costs little more than one. gpu measures
 the CLIP and faces phases on CUDA next to the CPU, and without a GPU says so
@@ -30,7 +30,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 RESULTS = BENCH_DIR / "results"
 COMMITTED = BENCH_DIR / "RESULTS.md"
 DAEMON_PARTS = ("e2e", "status", "pickup", "idle", "memory")
-NAMES = ("clip", "faces", "search", "clustering", "workers", *DAEMON_PARTS, "gpu")
+NAMES = ("clip", "faces", "search", "clustering", "workers", "eta", *DAEMON_PARTS, "gpu")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,6 +137,10 @@ def _run_one(name: str, ctx: Context, extra: dict[str, Any]) -> list[Row]:
         from bench import bench_workers
 
         return bench_workers.run(ctx)
+    if name == "eta":
+        from bench import bench_eta
+
+        return bench_eta.run(ctx)
     from bench import run_clustering
 
     rows, raw = run_clustering.run(ctx)

@@ -9,6 +9,7 @@ one step, which is how a settled folder arrives.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 import os
@@ -158,7 +159,11 @@ class Daemon:
         for p in photos:
             try:
                 os.link(p, folder / p.name)
-            except OSError:
+            except OSError as exc:
+                # Only across filesystems: copying over an existing name would write
+                # through its hard link into the cached original.
+                if exc.errno != errno.EXDEV:
+                    raise
                 shutil.copy2(p, folder / p.name)
         return folder
 

@@ -69,6 +69,9 @@ class StatusConfig(_Section):
     busy_interval_seconds: float = Field(1.0, gt=0, le=10)
     max_errors: int = Field(50, ge=1, le=1000)
     stale_after_seconds: float = Field(30.0, gt=0)
+    # null: the larger of 60 s and ten times the expected time of the current step.
+    stall_seconds: float | None = Field(None, gt=0)
+    metrics: bool = True  # status/imgtrain.prom, for node_exporter's textfile collector
 
 
 class QueueConfig(_Section):
@@ -238,6 +241,10 @@ class Config(_Section):
     @property
     def schema_path(self) -> Path:
         return self.status_dir / "training_status.schema.json"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.status_dir / "imgtrain.prom"
 
 
 class _Environment(EnvSettingsSource):

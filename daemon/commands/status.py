@@ -54,6 +54,7 @@ def _bars(s: Status) -> Table:
     grid.add_column(no_wrap=True)
     grid.add_column(no_wrap=True, justify="right")
     grid.add_column(no_wrap=True)
+    grid.add_column(no_wrap=True)
     if s.batch_step is not None and s.batch_total_steps is not None:
         pct = honest_percentage(
             s.batch_step, s.batch_total_steps, s.batch_step < s.batch_total_steps
@@ -63,6 +64,7 @@ def _bars(s: Status) -> Table:
             render.bar(s.batch_step, s.batch_total_steps),
             f"step {s.batch_step}/{s.batch_total_steps}",
             f"{pct:.1f}%",
+            "",
             "",
         )
     if s.batch_number is not None and s.batch_queue_size is not None:
@@ -74,17 +76,20 @@ def _bars(s: Status) -> Table:
             f"batch {s.batch_number} of {s.batch_queue_size}",
             "",
             "",
+            "",
         )
     if s.phases is not None:
         for name in ("embedding", "faces", "clustering"):
             ph = getattr(s.phases, name)
             mark = "▶ " if name == s.phase else "  "
+            left = ph.eta_seconds is not None and ph.status.value in ("running", "pending")
             grid.add_row(
                 f"{mark}{name}",
                 render.bar(ph.step, ph.total_steps),
                 f"{ph.step}/{ph.total_steps}",
                 f"{ph.percentage:.1f}%",
                 render.styled(ph.status.value),
+                f"done in {render.duration(ph.eta_seconds)}" if left else "",
             )
     return grid
 
@@ -100,6 +105,16 @@ def _overall_line(s: Status) -> str | None:
     if s.throughput is not None and s.status in (DaemonStatus.TRAINING, DaemonStatus.PAUSED):
         parts.append(f"throughput {s.throughput:.2f} images/s")
     return "  ·  ".join(parts) or None
+
+
+def _run_line(s: Status) -> str | None:
+    r = s.run
+    if r is None:
+        return None
+    return (
+        f"Run since {render.local_time(r.started_at, date=False)}: {r.batches_done} of"
+        f" {r.batches_total} batches done, {r.images_done} of {r.images_total} images"
+    )
 
 
 def _history(s: Status) -> list[RenderableType]:
@@ -198,13 +213,16 @@ def view(s: Status, live: Liveness) -> RenderableType:
     if s.error is not None:
         parts.append(Text(f"  {s.error.code}: {s.error.message}", style="red"))
         parts.append(Text(f"  -> {s.error.hint}"))
+    if s.stalled:
+        since = render.local_time(s.stalled_since, date=False)
+        parts.append(Text(f"STALLED since {since}: {s.stall_reason}", style="bold red"))
     if s.batch_id is not None:
         phase = f", phase {s.phase}" if s.phase else ""
         parts.append(Text(f"Batch {s.batch_id}: {s.current_file}{phase}"))
         parts.append(_bars(s))
-    overall = _overall_line(s)
-    if overall:
-        parts.append(Text(overall))
+    for line in (_overall_line(s), _run_line(s)):
+        if line:
+            parts.append(Text(line))
     if s.workers is not None:
         parts.extend(_workers(s))
     parts.extend(_history(s))

@@ -140,18 +140,12 @@ class Ledger:
 
     # -- cost memory ---------------------------------------------------------
     def phase_costs(self) -> dict[str, float]:
+        """Seconds per step as versions before the cost model remembered them (read only:
+        they seed its priors; the model itself is in `daemon.ledger.workload`)."""
         return {
             r["phase"]: r["seconds_per_step"]
             for r in self.query("SELECT phase, seconds_per_step FROM phase_costs")
         }
-
-    def save_phase_cost(self, phase: str, seconds_per_step: float, samples: int) -> None:
-        with self.transaction() as conn:
-            conn.execute(
-                "INSERT OR REPLACE INTO phase_costs(phase, seconds_per_step, samples)"
-                " VALUES (?,?,?)",
-                (phase, seconds_per_step, samples),
-            )
 
     # -- runs: a run starts when work arrives while idle, ends when the queue empties
     def open_run(self) -> int:

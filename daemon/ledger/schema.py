@@ -80,6 +80,13 @@ CREATE TABLE IF NOT EXISTS phase_costs (
     seconds_per_step REAL NOT NULL,
     samples INTEGER NOT NULL
 );
+-- The ETA's regressions (daemon/status/estimate.py), one JSON text per model; phase_costs
+-- above is what older versions remembered, read only to seed a ledger that has no model yet.
+CREATE TABLE IF NOT EXISTS cost_models (
+    name TEXT PRIMARY KEY,
+    model TEXT NOT NULL,
+    updated_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS control (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS people (
     person_id INTEGER PRIMARY KEY AUTOINCREMENT,

@@ -32,7 +32,11 @@ if TYPE_CHECKING:
 
     from daemon.config import Config
 
-Report = Callable[[int], None]
+
+class Report(Protocol):
+    """How a phase says `n` steps are done; a phase that finds faces says how many too."""
+
+    def __call__(self, n: int, /, *, faces: int | None = None) -> None: ...
 
 
 @dataclass(frozen=True)

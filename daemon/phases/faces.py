@@ -58,7 +58,7 @@ class FacesPhase:
                     outcomes.append(
                         ImageOutcome(d.image_id, ImageState.NO_FACES, detail={"faces": 0})
                     )
-                report(1)
+                report(1, faces=len(faces))
         return outcomes
 
     def _store(self, batch: BatchInfo, d: DecodedImage, faces: list) -> None:

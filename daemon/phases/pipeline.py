@@ -28,10 +28,19 @@ from typing import Protocol
 
 from daemon.errors import ImageError
 from daemon.ledger.ledger import Ledger
+from daemon.ledger.workload import PendingFile, pending_files
 from daemon.phases import decoding
 from daemon.phases.ahead import decode_ahead
-from daemon.phases.base import BatchInfo, BatchPhase, DecodedImage, ImagePhase, PhaseContext
+from daemon.phases.base import (
+    BatchInfo,
+    BatchPhase,
+    DecodedImage,
+    ImagePhase,
+    PhaseContext,
+    Report,
+)
 from daemon.phases.control import Control
+from daemon.phases.workload import Workload
 from daemon.status.progress import PhaseCount, Progress
 from daemon.vocab import (
     PHASES,
@@ -75,6 +84,7 @@ class Pipeline:
         control: Control,
         poke: Callable[[], None],
         runner: ChunkRunner | None = None,
+        workload: Workload | None = None,
     ) -> None:
         self.ctx = ctx
         self.runner = runner
@@ -88,6 +98,7 @@ class Pipeline:
         # Pillow until setup() knows where the models run (`decode.device`).
         self.decoding = decoding.pillow(cfg)
         self.workers = cfg.decode.workers
+        self.workload = workload or Workload(cfg.decode)
 
     def setup(self) -> None:
         """Load every phase's models; raises ModelUnavailable / ModelMismatch."""
@@ -125,10 +136,14 @@ class Pipeline:
     # -- running -------------------------------------------------------------
     def run(self, batch: Batch) -> None:
         info = self.info(batch)
-        self.progress.begin_batch(batch.batch_id, batch.name, self.counts_for(batch))
-        self.poke()
+        files: list[PendingFile] = []
         try:
             pending = self.ledger.pending_images(batch.batch_id)
+            # What the pending photos are made of (sizes, from their headers): the ETA's input.
+            files = pending_files(self.ledger, [batch.batch_id]).get(batch.batch_id, [])
+            work = self.workload.batch_work(info.path, files)
+            self.progress.begin_batch(batch.batch_id, batch.name, self.counts_for(batch), work)
+            self.poke()
             if pending:
                 # Decoding the first chunk is the first phase's work: say so from the start.
                 first = next(
@@ -143,6 +158,7 @@ class Pipeline:
             for batch_phase in self.batch_phases:
                 self._run_batch_phase(info, batch_phase)
         finally:
+            self.workload.forget(files)
             for phase in [*self.image_phases, *self.batch_phases]:
                 phase.cleanup()
 
@@ -189,9 +205,13 @@ class Pipeline:
             p.name in item.phases and not getattr(p, "takes_pixels", False)
             for p in self.image_phases
         )
+        # CPU time, not wall time: the decode model learns what a photo costs, whatever
+        # else shares the cores meanwhile.
+        cpu0 = time.thread_time()
         try:
             d = self.decoding.decode(path, host)
         except ImageError as exc:
+            self.progress.decoded(item.image_id, time.thread_time() - cpu0, ok=False)
             return DecodeFailure(item, exc)
         decoded = DecodedImage(
             image_id=item.image_id,
@@ -213,9 +233,11 @@ class Pipeline:
         except ImageError as exc:
             if d.image is not None:
                 d.image.close()
+            self.progress.decoded(item.image_id, time.thread_time() - cpu0, ok=False)
             return DecodeFailure(item, exc)
         finally:
             decoded.pixels = None  # prepared from; GPU memory is not held for the chunk
+        self.progress.decoded(item.image_id, time.thread_time() - cpu0)
         return decoded
 
     def _process_chunk(self, info: BatchInfo, results: list[DecodedImage | DecodeFailure]) -> None:
@@ -229,9 +251,7 @@ class Pipeline:
                 if not todo:
                     continue
                 self._start(info, phase.name)
-                outcomes = phase.process(
-                    info, todo, lambda n, p=phase.name: self.progress.advance(p, n)
-                )
+                outcomes = phase.process(info, todo, self._reporter(phase.name))
                 if len(outcomes) != len(todo):
                     raise RuntimeError(
                         f"{phase.name} returned {len(outcomes)} outcomes for {len(todo)}"
@@ -247,13 +267,21 @@ class Pipeline:
     def record(self, info: BatchInfo, phase: str, outcomes: list[ImageOutcome]) -> None:
         self._start(info, phase)
         self.ledger.record_outcomes(info.batch_id, phase, outcomes)
-        self.progress.advance(phase, len(outcomes))
+        # Faces found elsewhere still teach the ETA what a face costs.
+        found = [o.detail["faces"] for o in outcomes if "faces" in o.detail]
+        self.progress.advance(phase, len(outcomes), faces=sum(found) if found else None)
 
     def record_failure(self, info: BatchInfo, item: PendingImage, error: ImageError) -> None:
         self._record_decode_failure(info, DecodeFailure(item, error))
 
     def checkpoint(self, info: BatchInfo) -> None:
         self.control.checkpoint(info.batch_id, "between chunks")
+
+    def _reporter(self, phase: str) -> Report:
+        def report(n: int, /, *, faces: int | None = None) -> None:
+            self.progress.advance(phase, n, faces=faces)
+
+        return report
 
     def _record_decode_failure(self, info: BatchInfo, failure: DecodeFailure) -> None:
         item, exc = failure.image, failure.error
@@ -268,7 +296,8 @@ class Pipeline:
             )
             # One error row per file, not one per phase.
             self.ledger.record_outcomes(info.batch_id, phase, [outcome], log_errors=i == 0)
-            self.progress.advance(phase, 1)
+            # Its decode failed in a worker: the wait since the last report is the chunk's.
+            self.progress.advance(phase, 1, timed=False)
         log.warning("skipped %s: %s %s", item.rel_path, exc.code, exc.message)
 
     def _run_batch_phase(self, info: BatchInfo, phase: BatchPhase) -> None:
@@ -279,7 +308,7 @@ class Pipeline:
         self._mark(info, name, PhaseState.RUNNING)
         t0 = time.monotonic()
 
-        def report(n: int) -> None:
+        def report(n: int, /, *, faces: int | None = None) -> None:
             self.progress.advance(name, n)
             self.ledger.set_batch_phase(info.batch_id, name, PhaseState.RUNNING, step=count.step)
 

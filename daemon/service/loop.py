@@ -24,21 +24,22 @@ from daemon.config import Config, load_config
 from daemon.errors import DiskFull, ImgtrainError, Interrupted
 from daemon.ingest.claim import recover_claims
 from daemon.ingest.watch import Inbox
-from daemon.ledger import history
+from daemon.ledger import workload
 from daemon.ledger.ledger import Ledger
 from daemon.models import ModelRegistry
 from daemon.models.inventory import require_models
 from daemon.phases.base import PhaseContext
 from daemon.phases.control import Control
 from daemon.phases.pipeline import Pipeline
-from daemon.phases.registry import build_phases, declared_steps
+from daemon.phases.registry import build_phases
 from daemon.service.logs import batch_context, log_writer_stats, setup_logging
 from daemon.service.outcome import outcome_of
 from daemon.service.reindexing import Reindexing
 from daemon.service.reload import apply_reload
-from daemon.service.runplan import plan_run
+from daemon.service.state import RunState
 from daemon.service.systemd import Notifier
 from daemon.status.model import ErrorInfo, Status
+from daemon.status.outlook import PAUSED_MESSAGE
 from daemon.status.progress import Progress
 from daemon.status.writer import StatusWriter
 from daemon.store.chroma import Store
@@ -46,7 +47,6 @@ from daemon.vocab import Batch, BatchState, DaemonStatus
 
 log = logging.getLogger("imgtrain")
 
-TOTALS_EVERY = 10.0  # seconds between refreshes of library-wide totals in the status file
 DISK_RETRY_SECONDS = 3.0  # how often a daemon stopped by a full disk tries again
 
 
@@ -64,12 +64,17 @@ class Service:
         self.ledger = Ledger(config.ledger_path)
         self.progress = Progress(
             data_dir=str(config.data_dir),
+            # Seconds per step from versions before the cost model: its priors, once.
             costs=self.ledger.phase_costs(),
+            memory=workload.cost_memory(self.ledger),
             max_errors=config.status.max_errors,
+            chunk=config.clip.batch_size,
+            stall_seconds=config.status.stall_seconds,
         )
         self.reindexing = Reindexing(
             self.ledger, self.progress, lambda: self.writer.poke(), self.stop, self.reload_requested
         )
+        self.state = RunState(config, self.ledger, self.progress)
         self.writer = StatusWriter(
             config.status_path,
             self._build_status,
@@ -77,6 +82,7 @@ class Service:
             busy_interval=config.status.busy_interval_seconds,
             heartbeat=config.status.heartbeat_seconds,
             schema_path=config.schema_path,
+            after=self.state.write_metrics if config.status.metrics else None,
         )
         self.inbox = Inbox(
             config, self.ledger, on_queued=self._on_queued, on_notice=self._on_notice
@@ -88,7 +94,6 @@ class Service:
         self.current: Batch | None = None
         self._models_error: ImgtrainError | None = None
         self._next_model_try = 0.0
-        self._totals_at = 0.0
         self._started = time.monotonic()
         self.random_weights = False
         self.stop_reason = "stopped"
@@ -114,19 +119,11 @@ class Service:
             runner = RemoteRunner(
                 cfg, on_wait=self.notifier.watchdog, overheads=self.monitor.overheads
             )
-        return Pipeline(
-            ctx, image_phases, batch_phases, self.progress, control, self.writer.poke, runner
-        )
+        parts = (ctx, image_phases, batch_phases, self.progress, control, self.writer.poke)
+        return Pipeline(*parts, runner=runner, workload=self.state.workload)
 
     def _build_status(self) -> Status:
-        self.progress.set_queue(self.ledger.queue_counts(), self.ledger.is_paused())
-        # Totals change between batches too (`imgtrain people name`); refreshed
-        # every few seconds, not every write, because they count whole tables.
-        if time.monotonic() - self._totals_at > TOTALS_EVERY:
-            self._totals_at = time.monotonic()
-            self.progress.set_totals(history.totals(self.ledger))
-        self.progress.set_errors(history.recent_errors(self.ledger, self.config.status.max_errors))
-        status = self.progress.snapshot()
+        status = self.state.build()
         if self.monitor is not None:
             status.workers = self.monitor.info()
         status.reindex = self.reindexing.tracker.view()
@@ -134,11 +131,9 @@ class Service:
         return status
 
     def _on_queued(self, batch_id: int) -> None:
-        # Runs on the inbox thread: a folder joining a busy run grows its total now.
+        # Runs on the inbox thread: a run starts when work arrives, or grows.
         log.info("queued batch %d", batch_id)
-        if self.ledger.current_run() is not None:
-            self.ledger.open_run()
-            self._refresh_run()
+        self.state.queued(batch_id)
         self.writer.poke()
         self.wake.set()
 
@@ -149,10 +144,6 @@ class Service:
         except DiskFull:  # the status file may well be on another disk: say it there
             self.progress.note_error(code, message, file)
         self.writer.poke()
-
-    def _refresh_run(self) -> None:
-        current = self.current.batch_id if self.current else None
-        self.progress.set_run(plan_run(self.ledger, current, declared_steps(self.config)))
 
     # -- signals -----------------------------------------------------------------
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
@@ -198,8 +189,10 @@ class Service:
         signal.signal(signal.SIGHUP, self._on_hup)
         self.stop_reason = "stopped"
         self.progress.set_state(DaemonStatus.IDLE, "starting: checking the inbox and the queue")
-        self._refresh_run()
-        self._after_batch(None)
+        if self.ledger.next_batch() is not None:
+            self.ledger.open_run()  # work queued before this start: a run is under way
+        self.state.refresh()
+        self.state.after_batch(None)
         self.writer.flush()  # a crashed predecessor's status is corrected at once
         recover_claims(self.ledger, self.config)
         self.writer.start()
@@ -247,10 +240,7 @@ class Service:
                 self._idle()
             return
         if self.ledger.is_paused():
-            self.progress.set_state(
-                DaemonStatus.PAUSED,
-                "Paused by `imgtrain queue pause`; `imgtrain queue resume` continues",
-            )
+            self.progress.set_state(DaemonStatus.PAUSED, PAUSED_MESSAGE)
             self.writer.poke()
             self._wait(self.config.queue.control_poll_seconds)
             return
@@ -264,14 +254,11 @@ class Service:
         self.wake.clear()
 
     def _idle(self) -> None:
-        run_id = self.ledger.current_run()
-        if run_id is not None:
-            self.ledger.end_run(run_id)
-            self._refresh_run()
-        done = self.progress.totals.batches
-        message = f"Idle: watching {self.config.inbox_dir} ({done} batches in the library)"
-        if self.progress.status != DaemonStatus.IDLE or self.progress.message != message:
-            self.progress.set_state(DaemonStatus.IDLE, message)
+        with self.progress.lock:
+            if self.ledger.next_batch() is not None:
+                return  # claimed just now: the next tick takes it
+            changed = self.state.end_run()
+        if changed:
             self.writer.poke()
         self._wait(min(self.config.status.heartbeat_seconds, 5.0))
 
@@ -315,12 +302,13 @@ class Service:
     def _run_batch(self, batch: Batch) -> None:
         assert self.pipeline is not None
         with batch_context(batch.batch_id):
-            self.ledger.open_run()
-            batch = self.ledger.start_batch(batch.batch_id)
-            self.current = batch
-            self._refresh_run()
             warn = " [RANDOM CLIP WEIGHTS: search is meaningless]" if self.random_weights else ""
-            self.progress.set_state(DaemonStatus.TRAINING, f"Processing '{batch.name}'{warn}")
+            with self.progress.lock:
+                self.ledger.open_run()
+                batch = self.ledger.start_batch(batch.batch_id)
+                self.current = batch
+                self.state.refresh()
+                self.progress.set_state(DaemonStatus.TRAINING, f"Processing '{batch.name}'{warn}")
             log.info(
                 "batch %d '%s' started (attempt %d)", batch.batch_id, batch.name, batch.attempts
             )
@@ -334,8 +322,9 @@ class Service:
                 raise
             except DiskFull:
                 # The batch stays `running` and resumes when there is room.
-                self.current = None
-                self.progress.end_batch()
+                with self.progress.lock:
+                    self.current = None
+                    self.progress.end_batch()
                 raise
             except Exception as exc:  # the one broad catch: the daemon outlives a bad batch
                 error = exc
@@ -346,34 +335,38 @@ class Service:
                 log.error("%s", error)
                 self.ledger.add_batch_seconds(batch.batch_id, time.monotonic() - t0)
                 self.pipeline = None
-                self.current = None
-                self.progress.end_batch()
+                with self.progress.lock:
+                    self.current = None
+                    self.progress.end_batch()
                 return
             if outcome.state == BatchState.FAILED and isinstance(error, ImgtrainError):
                 log.error("batch %d failed: %s", batch.batch_id, error)
             state = outcome.state
-            self.ledger.finish_batch(
+            # One transition under the state lock: the batch's outcome, the run's plan, and,
+            # when nothing is queued, idle with the run ended; no write sees half of it.
+            with self.progress.lock:
+                self.ledger.finish_batch(
+                    batch.batch_id,
+                    state,
+                    seconds=time.monotonic() - t0,
+                    error_code=outcome.code,
+                    error_message=outcome.message,
+                )
+                self.current = None
+                self.progress.end_batch(learn=state == BatchState.COMPLETED)
+                self.state.save_costs()
+                self.state.after_batch(batch.batch_id)
+                self.state.refresh()
+                if self.ledger.next_batch() is None and not self.stop.is_set():
+                    self.state.end_run()
+            log.info(
+                "batch %d '%s' %s in %.1fs",
                 batch.batch_id,
+                batch.name,
                 state,
-                seconds=time.monotonic() - t0,
-                error_code=outcome.code,
-                error_message=outcome.message,
+                time.monotonic() - t0,
             )
-            for phase, (cost, steps) in self.progress.costs.settled().items():
-                self.ledger.save_phase_cost(phase, cost, steps)
-            took = time.monotonic() - t0
-            log.info("batch %d '%s' %s in %.1fs", batch.batch_id, batch.name, state, took)
-            self.current = None
-            self.progress.end_batch()
-            self._after_batch(batch.batch_id)
-            self._refresh_run()
             self.writer.flush()
-
-    def _after_batch(self, batch_id: int | None) -> None:
-        last = batch_id or history.last_finished_batch(self.ledger)
-        if last is not None:
-            self.progress.set_last_batch(history.batch_summary(self.ledger, last))
-        self.progress.set_totals(history.totals(self.ledger))
 
     def _shutdown(self) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -383,8 +376,9 @@ class Service:
         message = self.stop_reason
         if self.current is not None:
             message += f"; batch {self.current.batch_id} '{self.current.name}' resumes on restart"
-        self.progress.end_batch()
-        self.progress.set_state(DaemonStatus.STOPPED, message)
+        with self.progress.lock:
+            self.progress.end_batch()
+            self.progress.set_state(DaemonStatus.STOPPED, message)
         if self.monitor is not None:
             self.monitor.stop()
         self.writer.stop()

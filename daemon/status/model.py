@@ -25,6 +25,9 @@ class PhaseProgress(_Model):
     step: int = Field(description="steps of this phase done in the current batch")
     total_steps: int = Field(description="steps this phase has in the current batch")
     percentage: float = Field(description="step / total_steps * 100; 100 only when done")
+    eta_seconds: float | None = Field(
+        None, description="estimated seconds until this phase is done in the current batch"
+    )
 
 
 class Phases(_Model):
@@ -39,6 +42,14 @@ class OverallProgress(_Model):
     )
     eta_seconds: float | None = Field(None, description="estimated seconds until the run ends")
     eta_at: datetime | None = Field(None, description="estimated UTC time the run ends")
+
+
+class RunInfo(_Model):
+    started_at: datetime = Field(description="UTC time the run began (work arrived while idle)")
+    batches_done: int = Field(description="batches of the run finished (any outcome)")
+    batches_total: int = Field(description="batches in the run: finished, current and waiting")
+    images_done: int = Field(description="images of the run through every image phase")
+    images_total: int = Field(description="images of the run to process (duplicates excluded)")
 
 
 class DaemonInfo(_Model):
@@ -176,6 +187,12 @@ class Status(_Model):
     total_steps: int | None = Field(None, description="steps in the run; grows when folders arrive")
     overall_progress: OverallProgress = Field(default_factory=OverallProgress)
     throughput: float | None = Field(None, description="images per second, smoothed")
+    run: RunInfo | None = Field(None, description="the run in progress; null when idle")
+    stalled: bool = Field(False, description="no step finished for status.stall_seconds")
+    stalled_since: datetime | None = Field(None, description="when the last step finished")
+    stall_reason: str | None = Field(
+        None, description="the batch, phase and file being worked on when stalled"
+    )
     queue: QueueCounts = Field(default_factory=QueueCounts)
     last_batch: LastBatch | None = None
     errors: list[ErrorEntry] = Field(default_factory=list, description="most recent first")

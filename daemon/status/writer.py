@@ -65,9 +65,12 @@ class StatusWriter:
         heartbeat: float = 10.0,
         min_gap: float = 0.2,
         schema_path: Path | None = None,
+        after: Callable[[Status], None] | None = None,
     ) -> None:
         self.path = Path(path)
         self._build = build
+        self._after = after  # given each snapshot once it is written (the metrics file)
+        self._after_failed = False
         self._busy = busy
         self._busy_interval = busy_interval
         self._heartbeat = heartbeat
@@ -108,6 +111,14 @@ class StatusWriter:
                 log.info("status file writable again")
             self.disk_full = False
             self.writes += 1
+            if self._after is not None:
+                try:
+                    self._after(status)
+                    self._after_failed = False
+                except OSError as exc:  # the status file is written; the metrics wait
+                    if not self._after_failed:
+                        log.warning("metrics file not written (%s); retrying on each write", exc)
+                    self._after_failed = True
             return True
 
     def poke(self) -> None:

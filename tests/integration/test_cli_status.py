@@ -99,6 +99,41 @@ def test_a_working_daemon_is_shown_with_bars_and_numbers(cfg, capsys, tmp_path) 
     assert code == 0 and out == path.read_text()
 
 
+def test_a_stall_is_shown_in_red_with_its_reason_and_phase_etas(cfg, capsys, tmp_path) -> None:
+    from rich.console import Console
+
+    from daemon.commands.status import view
+    from daemon.config import load_config
+    from daemon.status.reader import liveness, read_status
+
+    reason = "no step finished for 1m 05s: batch 4 'beach 2024', phase faces, file b/8.jpg"
+    write(
+        cfg,
+        training_progress(tmp_path),
+        stalled=True,
+        stalled_since=(datetime.now(UTC) - timedelta(seconds=65)).isoformat(),
+        stall_reason=reason,
+        run={
+            "started_at": datetime.now(UTC).isoformat(),
+            "batches_done": 1,
+            "batches_total": 3,
+            "images_done": 27,
+            "images_total": 60,
+        },
+    )
+    code, out, _ = cli(capsys, cfg, "status")
+    assert code == 0
+    assert "STALLED since " in out and reason in out
+    assert "1 of 3 batches done, 27 of 60 images" in out
+    faces = next(x for x in out.splitlines() if x.startswith("▶ faces"))
+    assert "done in" in faces  # the phase's own ETA
+    status, _ = read_status(load_config(cfg))
+    console = Console(force_terminal=True, color_system="standard", width=200, record=True)
+    console.print(view(status, liveness(status, load_config(cfg))))
+    stall_line = next(x for x in console.export_text(styles=True).splitlines() if "STALLED" in x)
+    assert "\x1b[1;31m" in stall_line  # bold red
+
+
 @pytest.mark.parametrize("why", ["stale", "pid gone", "stopped"])
 def test_a_daemon_that_is_not_running_is_said_so_plainly(cfg, capsys, tmp_path, why) -> None:
     progress = training_progress(tmp_path)

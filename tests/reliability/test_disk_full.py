@@ -72,6 +72,7 @@ def test_status_disk_full_keeps_the_last_good_file_and_recovers(
         assert s["status"] == "idle"
         assert "status file writable again" in d.log()
         assert sorted(os.listdir(fs)) == [
+            "imgtrain.prom",  # the metrics beside the status, written the same way
             "training_status.json",
             "training_status.schema.json",
         ], "a temporary file was left behind"

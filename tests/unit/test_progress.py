@@ -93,10 +93,12 @@ def test_percentage_never_goes_backwards_within_a_batch() -> None:
 
 
 def test_new_folder_grows_total_and_may_lower_percentage() -> None:
-    p = _progress({"embedding": 1.0, "faces": 1.0, "clustering": 1.0})
+    clock = FakeClock()
+    p = _progress({"embedding": 1.0, "faces": 1.0, "clustering": 1.0}, clock)
     _begin(p, 10)
     p.set_run(RunPlan(batch_ids=[1]))
     p.phase_started("embedding")
+    clock.tick(10.0)  # the work done is the time it took
     p.advance("embedding", 10)
     before = p.snapshot()
     p.set_run(
