@@ -89,6 +89,10 @@ class _Timings:
             self.decode += seconds
 
 
+def _unreported(n: int, /, *, faces: int | None = None) -> None:
+    """A worker's steps reach the status with its results: the daemon counts them there."""
+
+
 class WorkerRuntime:
     """A worker's loaded models and store connection, kept for every job it runs."""
 
@@ -229,7 +233,7 @@ class WorkerRuntime:
                 if not todo:
                     continue
                 t0 = time.monotonic()
-                outcomes = phase.process(info, todo, lambda n: None)
+                outcomes = phase.process(info, todo, _unreported)
                 timings.phases[str(phase.name)] += time.monotonic() - t0
                 if len(outcomes) != len(todo):
                     raise RuntimeError(
