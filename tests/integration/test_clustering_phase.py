@@ -88,7 +88,7 @@ class Library:
                     d.image, d.width, d.height, d.scale,
                 )
             )  # fmt: skip
-        outcomes = self.faces.process(info, images, lambda n: None)
+        outcomes = self.faces.process(info, images, lambda n, **_: None)
         self.ledger.record_outcomes(bid, "faces", outcomes)
         for d in images:
             found = self.ledger.query("SELECT face_id FROM faces WHERE sha256=?", (d.sha256,))
