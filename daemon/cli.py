@@ -24,6 +24,7 @@ COMMANDS = (
     "status",
     "search",
     "people",
+    "duplicates",
     "queue",
     "reindex",
     "models",

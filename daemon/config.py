@@ -122,6 +122,8 @@ class ClusteringConfig(_Section):
     min_faces: int = Field(3, ge=1)
     pool_max: int = Field(20_000, ge=10)
     pca_dims: int = Field(0, ge=0)
+    # A face this close (cosine) to one taken from a person is a copy of it: kept away too.
+    rejection_threshold: float = Field(0.9, ge=0, le=1)
 
     @model_validator(mode="after")
     def _thresholds(self) -> ClusteringConfig:
@@ -142,6 +144,11 @@ class StoreConfig(_Section):
     hnsw_ef_search: int = Field(100, ge=10)
     hnsw_ef_construction: int = Field(200, ge=10)
     hnsw_max_neighbors: int = Field(32, ge=4)
+
+
+class DuplicatesConfig(_Section):
+    # CLIP cosine at which two photos count as copies of one (`imgtrain duplicates`).
+    threshold: float = Field(0.98, ge=0, le=1)
 
 
 class ModelsConfig(_Section):
@@ -198,6 +205,7 @@ class Config(_Section):
     faces: FacesConfig = Field(default_factory=FacesConfig)
     clustering: ClusteringConfig = Field(default_factory=ClusteringConfig)
     store: StoreConfig = Field(default_factory=StoreConfig)
+    duplicates: DuplicatesConfig = Field(default_factory=DuplicatesConfig)
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     workers: WorkersConfig = Field(default_factory=WorkersConfig)
 

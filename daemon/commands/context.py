@@ -17,9 +17,13 @@ def load(args: argparse.Namespace) -> Config:
 def open_ledger(config: Config) -> Ledger:
     """The daemon's ledger. A missing one is an error: opening would create an empty one."""
     if not config.ledger_path.exists():
-        raise NotFound(
-            f"there is no ledger at {config.ledger_path}",
-            hint="Start the daemon once (`imgtrain run` or `systemctl start imgtrain`),"
-            " or pass the daemon's config with --config.",
-        )
+        raise no_ledger(config)
     return Ledger(config.ledger_path)
+
+
+def no_ledger(config: Config) -> NotFound:
+    return NotFound(
+        f"there is no ledger at {config.ledger_path}",
+        hint="Start the daemon once (`imgtrain run` or `systemctl start imgtrain`),"
+        " or pass the daemon's config with --config.",
+    )

@@ -2,22 +2,22 @@
 
 The ledger holds who is who (daemon.people); this module only parses,
 resolves short face ids, and prints. `people sheet` draws the face crops
-so a person can see whom a cluster holds before naming it.
+so a person can see whom a cluster holds before naming it. Reviewing
+suggestions and splitting a cluster are `daemon.commands.people_review`.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
 from rich.table import Table
 
-from daemon.commands import context, render
+from daemon.commands import context, people_review, render, sheets
+from daemon.commands.refs import cluster_id, face_id, face_json, short
 from daemon.config import Config
-from daemon.errors import InvalidState, NotFound
 from daemon.ledger.ledger import Ledger
 from daemon.people import operations as people
 from daemon.people.recluster import recluster_all
@@ -28,7 +28,8 @@ SHEET_LIMIT = 48
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "people",
-        help="people and face clusters: list, name, merge, unassign, show, sheet",
+        help="people and face clusters: list, name, merge, unassign, show, sheet, suggestions,"
+        " accept, reject, split",
         description="Without an action: list named people and unnamed clusters.",
     )
     render.add_json_flag(p)
@@ -56,7 +57,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     rc = actions.add_parser(
         "recluster", help="cluster all unnamed faces afresh (ids kept where groups overlap)"
     )
-    for parser in (ls, n, m, u, s, sh, rc):
+    for parser in (ls, n, m, u, s, sh, rc, *people_review.add_actions(actions)):
         render.add_json_flag(parser, sub=True)
 
 
@@ -71,17 +72,17 @@ def run(args: argparse.Namespace) -> int:
             return _show(people.show(ledger, args.ref), args.json)
         if action == "sheet":
             return _sheet(ledger, config, args)
+        if action in people_review.ACTIONS:
+            return people_review.run(action, args, ledger, config)
         store = _store(config)
         if action == "name":
-            person = people.name_cluster(
-                ledger, store, config, _cluster_id(args.cluster), args.name
-            )
+            person = people.name_cluster(ledger, store, config, cluster_id(args.cluster), args.name)
             return _changed(f"cluster {args.cluster} is now {person.name!r}", person, args.json)
         if action == "merge":
-            kept = people.merge(ledger, store, args.a, args.b)
+            kept = people.merge(ledger, store, args.a, args.b, config)
             return _changed(f"merged {args.b!r} into {args.a!r}", kept, args.json)
         if action == "unassign":
-            face = people.unassign_face(ledger, store, _face_id(ledger, args.face))
+            face = people.unassign_face(ledger, store, face_id(ledger, args.face))
             return _changed(
                 f"face {short(face.face_id)} went back to the unknown faces;"
                 " it will not be given to that person again by itself",
@@ -106,45 +107,6 @@ def _store(config: Config) -> Any:
     from daemon.store.chroma import Store
 
     return Store(config)
-
-
-# -- references ---------------------------------------------------------------------
-def short(face_id: str) -> str:
-    """`<sha256>:<n>` shown as its first 12 hex digits and the face number."""
-    sha, _, n = face_id.rpartition(":")
-    return f"{sha[:12]}:{n}" if sha else face_id
-
-
-def _cluster_id(text: str) -> int:
-    digits = text.strip().lstrip("#")
-    if not digits.isdigit():
-        raise InvalidState(
-            f"{text!r} is not a cluster id",
-            hint="Cluster ids are numbers, as `imgtrain people` lists them.",
-        )
-    return int(digits)
-
-
-def _face_id(ledger: Ledger, text: str) -> str:
-    """A full face id, or the short form `people show` prints (unique prefix and number)."""
-    sha, sep, n = text.strip().rpartition(":")
-    if not sep or not sha or not n.isdigit():
-        raise InvalidState(
-            f"{text!r} is not a face id",
-            hint="Face ids look like 3f2a9c1e4b5d:0; `imgtrain people show NAME` lists them.",
-        )
-    rows = ledger.faces.matching(sha, n)
-    if len(rows) > 1:
-        raise InvalidState(
-            f"{text!r} matches {len(rows)} faces",
-            hint="Give more of the id's digits.",
-        )
-    if not rows:
-        raise NotFound(
-            f"there is no face {text!r}",
-            hint="Face ids are listed by `imgtrain people show NAME_OR_CLUSTER`.",
-        )
-    return rows[0]
 
 
 # -- output ---------------------------------------------------------------------------
@@ -174,25 +136,13 @@ def _cluster_json(c: people.ClusterInfo) -> dict[str, Any]:
     }
 
 
-def _face_json(f: people.FaceRef) -> dict[str, Any]:
-    return {
-        "face_id": f.face_id,
-        "image_path": f.image_path,
-        "det_score": round(f.det_score, 4),
-        "cluster_id": f.cluster_id,
-        "person": f.person,
-        "suggested_person": f.suggested_person,
-        "suggestion_score": None if f.suggestion_score is None else round(f.suggestion_score, 4),
-    }
-
-
 def _as_json(obj: Any) -> dict[str, Any]:
     if isinstance(obj, people.Person):
         return _person_json(obj)
     if isinstance(obj, people.ClusterInfo):
         return _cluster_json(obj)
     if isinstance(obj, people.FaceRef):
-        return {"kind": "face", **_face_json(obj)}
+        return {"kind": "face", **face_json(obj)}
     return {"kind": "recluster", **dataclasses.asdict(obj)}
 
 
@@ -259,7 +209,7 @@ def _list(ledger: Ledger, as_json: bool) -> int:
 def _show(detail: people.Detail, as_json: bool) -> int:
     if as_json:
         head = _person_json(detail.person) if detail.person else _cluster_json(detail.cluster)
-        render.print_json({**head, "face_list": [_face_json(f) for f in detail.faces]})
+        render.print_json({**head, "face_list": [face_json(f) for f in detail.faces]})
         return 0
     out = render.console()
     if detail.person is not None:
@@ -298,27 +248,11 @@ def _show(detail: people.Detail, as_json: bool) -> int:
 
 
 def _sheet(ledger: Ledger, config: Config, args: argparse.Namespace) -> int:
-    from daemon.imaging.contactsheet import SheetFace, make_sheet
-
     detail = people.show(ledger, args.ref)
     faces = detail.faces[: max(args.limit, 1)]
-    store = _store(config)
-    rows = store.get_faces(ids=[f.face_id for f in faces])
-    meta = dict(zip(rows.ids, rows.metadatas, strict=True))
-    tiles = []
-    for f in faces:
-        m = meta.get(f.face_id)
-        if m is None or "bbox" not in m:
-            continue
-        tiles.append(
-            SheetFace(
-                face_id=f.face_id,
-                path=Path(f.image_path or str(m.get("path", ""))),
-                bbox=tuple(json.loads(m["bbox"])),
-                caption=short(f.face_id),
-                detail=f"score {f.det_score:.2f}  {Path(f.image_path or m.get('path', '')).name}",
-            )
-        )
+    tiles = sheets.face_tiles(
+        _store(config), faces, lambda f, path: f"score {f.det_score:.2f}  {path.name}"
+    )
     if detail.person is not None:
         title = f"{detail.person.name} - {detail.person.faces} faces"
     else:
@@ -328,23 +262,10 @@ def _sheet(ledger: Ledger, config: Config, args: argparse.Namespace) -> int:
         title += f" - {c.faces} faces"
     if len(faces) < len(detail.faces):
         title += f" (best {len(faces)} shown)"
-    result = make_sheet(tiles, args.output, title=title, tile=args.tile, columns=args.columns)
+    result = sheets.write(tiles, args.output, title, tile=args.tile, columns=args.columns)
     if args.json:
-        render.print_json(
-            {
-                "path": str(result.path.resolve()),
-                "faces": result.faces,
-                "columns": result.columns,
-                "rows": result.rows,
-                "width": result.size[0],
-                "height": result.size[1],
-                "missing": result.missing,
-            }
-        )
+        data = sheets.summary(result)
+        render.print_json({"faces": data.pop("tiles"), **data})
         return 0
-    note = f"; {len(result.missing)} photos could not be opened" if result.missing else ""
-    render.console().print(
-        f"wrote {result.path} ({result.faces} faces, {result.columns}x{result.rows} grid,"
-        f" {result.size[0]}x{result.size[1]} px){note}"
-    )
+    render.console().print(sheets.said(result))
     return 0

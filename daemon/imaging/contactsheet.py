@@ -128,7 +128,7 @@ def _fit(draw: ImageDraw.ImageDraw, text: str, font: object, width: int) -> str:
 
 
 def make_sheet(
-    faces: Sequence[SheetFace],
+    faces: Sequence[SheetFace | None],
     out: Path,
     *,
     title: str,
@@ -136,8 +136,8 @@ def make_sheet(
     columns: int | None = None,
     margin: float = 0.25,
 ) -> SheetResult:
-    """Draw the faces in a captioned grid and save it as PNG at `out`."""
-    if not faces:
+    """Draw the faces in a captioned grid and save it as PNG at `out`; None leaves a gap."""
+    if not any(faces):
         raise InsufficientData(
             f"there are no faces to draw for {title}",
             hint="List people and clusters with their face counts: `imgtrain people`.",
@@ -156,6 +156,8 @@ def make_sheet(
     missing: list[str] = []
     photos: dict[Path, Image.Image | None] = {}
     for index, face in enumerate(faces):
+        if face is None:
+            continue
         x, y = grid.origin(index)
         photo = photos.get(face.path)
         if face.path not in photos:
@@ -181,7 +183,7 @@ def make_sheet(
     sheet.save(out, "PNG")
     return SheetResult(
         path=out,
-        faces=len(faces),
+        faces=sum(1 for f in faces if f is not None),
         columns=grid.columns,
         rows=grid.rows,
         size=grid.size,

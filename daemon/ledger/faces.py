@@ -111,6 +111,19 @@ def _face(r: Any) -> FaceRow:
     )
 
 
+def _detail(r: Any) -> FaceDetail:
+    return FaceDetail(
+        r["face_id"],
+        r["det_score"],
+        r["area"],
+        r["cluster_id"],
+        r["person"],
+        r["suggested"],
+        r["suggestion_score"],
+        _path(r["batch_path"], r["rel_path"]),
+    )
+
+
 def _path(batch_path: str | None, rel_path: str | None) -> str | None:
     return str(Path(batch_path) / rel_path) if batch_path and rel_path else None
 
@@ -266,19 +279,16 @@ class Faces:
             raise ValueError("details() takes exactly one of person_id, cluster_id, face_id")
         column, value = given[0]
         rows = self.db.query(f"{_DETAIL_SQL} WHERE {column}=? ORDER BY f.face_id", (value,))
-        return [
-            FaceDetail(
-                r["face_id"],
-                r["det_score"],
-                r["area"],
-                r["cluster_id"],
-                r["person"],
-                r["suggested"],
-                r["suggestion_score"],
-                _path(r["batch_path"], r["rel_path"]),
-            )
-            for r in rows
-        ]
+        return [_detail(r) for r in rows]
+
+    def suggestions(self, person_id: int | None = None) -> list[FaceDetail]:
+        """Faces suggested for `person_id` (or for anyone), most similar first."""
+        rows = self.db.query(
+            f"{_DETAIL_SQL} WHERE f.suggested_person_id = COALESCE(?, f.suggested_person_id)"
+            " ORDER BY f.suggestion_score DESC, f.face_id",
+            (person_id,),
+        )
+        return [_detail(r) for r in rows]
 
     def touched_by_batch(self, batch_id: int) -> list[str]:
         """A batch's faces and the faces of every cluster changed since the batch's faces came."""
@@ -352,6 +362,13 @@ class Faces:
             conn.executemany(
                 "UPDATE faces SET person_id=NULL, cluster_id=NULL, suggested_person_id=NULL,"
                 " suggestion_score=NULL WHERE face_id=?",
+                [(f,) for f in face_ids],
+            )
+
+    def drop_suggestion(self, face_ids: Iterable[str]) -> None:
+        with self.db.transaction() as conn:
+            conn.executemany(
+                "UPDATE faces SET suggested_person_id=NULL, suggestion_score=NULL WHERE face_id=?",
                 [(f,) for f in face_ids],
             )
 

@@ -26,6 +26,7 @@ from daemon.ledger.db import Database
 from daemon.ledger.errorlog import ErrorLog
 from daemon.ledger.faces import Faces
 from daemon.ledger.people import People
+from daemon.ledger.photos import Photos
 from daemon.ledger.reindexes import Reindexes
 from daemon.ledger.rows import batch_from_row
 from daemon.vocab import (
@@ -52,6 +53,7 @@ class Ledger:
         self.people = People(self.db)
         self.clip_models = ClipModels(self.db)
         self.reindexes = Reindexes(self.db)
+        self.photos = Photos(self.db)
 
     # -- the database, for the package's other table APIs -------------------
     @property

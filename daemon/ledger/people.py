@@ -73,6 +73,15 @@ class People:
             )
         }
 
+    def rejections(self) -> list[tuple[str, int]]:
+        """Every (face_id, person_id) taken away, oldest first."""
+        return [
+            (r[0], int(r[1]))
+            for r in self.db.query(
+                "SELECT face_id, person_id FROM face_rejections ORDER BY at, face_id"
+            )
+        ]
+
     # -- writing ---------------------------------------------------------------
     def create(self, name: str) -> int:
         with self.db.transaction() as conn:
@@ -94,6 +103,13 @@ class People:
             conn.execute(
                 "INSERT OR IGNORE INTO face_rejections(face_id, person_id, at) VALUES (?,?,?)",
                 (face_id, person_id, time.time()),
+            )
+
+    def unreject(self, face_id: str, person_id: int) -> None:
+        """The user gave the face to this person after all."""
+        with self.db.transaction() as conn:
+            conn.execute(
+                "DELETE FROM face_rejections WHERE face_id=? AND person_id=?", (face_id, person_id)
             )
 
     def remove(self, gone: int, *, into: int) -> None:

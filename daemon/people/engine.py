@@ -4,10 +4,9 @@ Vectors are L2-normalised, so a dot product is a cosine similarity and
 Euclidean distance orders pairs exactly like cosine (|a-b|^2 = 2 - 2cos).
 
 One batch of new faces goes through `plan_batch`:
-
-1. each face is compared with the named people's prototypes: at or above
-   `assign_threshold` it is that person, from `suggest_threshold` up it only
-   carries a suggestion;
+1. each face is compared with the named people's prototypes (except those it
+   is banned from): from `assign_threshold` it is that person's, from
+   `suggest_threshold` a suggestion;
 2. the faces left over join an existing unnamed cluster whose centroid is at
    least `attach_threshold` away (cosine), so a cluster that gains faces keeps
    its id and no earlier face ever changes cluster;
@@ -25,8 +24,7 @@ to `samples` other members, unlinked pieces come apart, one face per photo
 stays (the one nearest the centroid), and what has fewer than
 `min_cluster_size` faces dissolves back into the pool.
 
-The pool kept between batches is `daemon.people.pool`; the full rebuild,
-`daemon.people.rebuild`.
+The pool between batches is `daemon.people.pool`; the full rebuild, `daemon.people.rebuild`.
 """
 
 from __future__ import annotations
@@ -45,6 +43,7 @@ NOISE = -1
 NEIGHBOURS_PER_FACE = 32  # pool faces kept per unknown face and hop: bounds a hop's size
 RECLUSTER_CHUNK = 2000
 DENSE_LINKS = 2048  # up to this many faces, a group's link matrix is a dense array
+Banned = list[set[int]] | None  # per face, the people it must not go to (daemon.people.rejections)
 
 
 @dataclass(frozen=True)
@@ -180,11 +179,16 @@ def _by_key(won: dict[int, int]) -> dict[int, list[int]]:
     return dict(sorted(out.items()))
 
 
-def match_people(faces: FaceSet, people: list[Group], params: Params, plan: Plan) -> list[int]:
-    """Assign and suggest; returns the indices not assigned to anyone."""
+def match_people(
+    faces: FaceSet, people: list[Group], params: Params, plan: Plan, banned: Banned = None
+) -> list[int]:
+    """Assign and suggest, never face i to a person in banned[i]; returns those not assigned."""
     if not people or not len(faces):
         return list(range(len(faces)))
     sims = faces.vectors @ _centroids(people, faces.vectors.shape[1]).T
+    cols = {g.key: n for n, g in enumerate(people)}
+    for i, keys in enumerate(banned or []):
+        sims[i, [cols[k] for k in keys if k in cols]] = -np.inf
     best = sims.argmax(axis=1)
     score = sims[np.arange(len(faces)), best]
     by_key = {g.key: g for g in people}

@@ -2,7 +2,8 @@
 
 Shared by the clustering phase, `people` operations and the full recluster:
 fetching vectors, turning ledger rows into `engine` objects and back, and
-mirroring the ledger's decisions into Chroma's metadata. The ledger is
+mirroring the ledger's decisions into Chroma's metadata (faces, and through
+`daemon.people.photos` the people of each photo). The ledger is
 authoritative; the mirror is what a search filtered by person reads.
 """
 
@@ -16,6 +17,7 @@ import numpy as np
 from daemon.ledger.faces import FaceRow
 from daemon.ledger.ledger import Ledger
 from daemon.people.engine import FaceSet, Group, normalise, quality
+from daemon.people.photos import mirror_photos, photo_of
 
 CHUNK = 5000  # ids per store call
 
@@ -70,7 +72,8 @@ def write_clusters(ledger: Ledger, groups: dict[int, Group], now: float) -> dict
 
 
 def mirror_faces(ledger: Ledger, store: Any, face_ids: Iterable[str]) -> int:
-    """Copy the ledger's person / cluster / suggestion of these faces into Chroma."""
+    """Copy the ledger's person / cluster / suggestion of these faces into Chroma,
+    and the people of their photos into the images' metadata (`daemon.people.photos`)."""
     ids = sorted(set(face_ids))
     done = 0
     for start in range(0, len(ids), CHUNK):
@@ -88,4 +91,5 @@ def mirror_faces(ledger: Ledger, store: Any, face_ids: Iterable[str]) -> int:
             ],
         )
         done += len(rows)
+    mirror_photos(ledger, store, {photo_of(f) for f in ids})
     return done

@@ -12,7 +12,9 @@ on request.
 
 A face taken away from a person with `unassign_face` goes back to the unknown
 pool and is recorded in `face_rejections`, so naming or merging a cluster as
-that person later leaves the face out.
+that person later leaves the face out, and copies of it too
+(`daemon.people.rejections`). Reviewing suggestions is `daemon.people.review`;
+splitting a cluster, `daemon.people.split`.
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ from typing import Any
 
 import numpy as np
 
+from daemon.config import ClusteringConfig
 from daemon.errors import InsufficientData, InvalidState, NotFound
 from daemon.ledger.faces import FaceDetail
 from daemon.ledger.ledger import Ledger
 from daemon.people.engine import quality
 from daemon.people.library import fetch_vectors, mirror_faces
+from daemon.people.rejections import refused
 
 
 @dataclass(frozen=True)
@@ -123,8 +127,18 @@ def refresh_prototype(ledger: Ledger, store: Any, person_id: int) -> None:
     )
 
 
+def _threshold(config: Any) -> float:
+    return (config.clustering if config is not None else ClusteringConfig()).rejection_threshold
+
+
 def _join(
-    ledger: Ledger, store: Any, cluster_id: int, person_id: int | None, name: str, min_faces: int
+    ledger: Ledger,
+    store: Any,
+    cluster_id: int,
+    person_id: int | None,
+    name: str,
+    min_faces: int,
+    threshold: float,
 ) -> tuple[int, list[str]]:
     """Give a cluster's faces to a person (created as `name` when None); (person_id, faces)."""
     faces = ledger.faces.of_cluster(cluster_id)
@@ -134,9 +148,9 @@ def _join(
         own = ledger.faces.of_person(person_id)
         held = {f.sha256 for f in own}
         have = len(own)
-        refused = ledger.people.rejected(person_id)
+        no = refused(ledger, store, threshold, person_id, [f.face_id for f in faces])
         # Two faces of one photo are never one person: the person's own face stays.
-        dropped = [f.face_id for f in faces if f.sha256 in held or f.face_id in refused]
+        dropped = [f.face_id for f in faces if f.sha256 in held or f.face_id in no]
     accepted = [f.face_id for f in faces if f.face_id not in dropped]
     if have + len(accepted) < min_faces:
         raise InsufficientData(
@@ -179,14 +193,21 @@ def name_cluster(ledger: Ledger, store: Any, config: Any, cluster_id: int, name:
             None if existing is None else existing.person_id,
             name,
             config.clustering.min_faces,
+            config.clustering.rejection_threshold,
         )
         person = _person(ledger, pid)
     mirror_faces(ledger, store, changed)
     return person
 
 
-def merge(ledger: Ledger, store: Any, a: str | int, b: str | int) -> Person | ClusterInfo:
-    """Merge b into a. Either may be a person or a cluster; a person always absorbs a cluster."""
+def merge(
+    ledger: Ledger, store: Any, a: str | int, b: str | int, config: Any = None
+) -> Person | ClusterInfo:
+    """Merge b into a. Either may be a person or a cluster; a person always absorbs a cluster.
+
+    Faces rejected for the person (and copies of them) stay out (`daemon.people.rejections`).
+    """
+    threshold = _threshold(config)
     with ledger.transaction():
         ka, kb = _resolve(ledger, a), _resolve(ledger, b)
         if ka == kb:
@@ -194,11 +215,11 @@ def merge(ledger: Ledger, store: Any, a: str | int, b: str | int) -> Person | Cl
         if ka[0] == "cluster" and kb[0] == "person":
             ka, kb = kb, ka
         if ka[0] == "person" and kb[0] == "person":
-            changed = _merge_people(ledger, store, ka[1], kb[1])
+            changed = _merge_people(ledger, store, ka[1], kb[1], threshold)
         elif ka[0] == "person":
             owner = ledger.people.get(ka[1])
             assert owner is not None  # _resolve found them in this transaction
-            changed = _join(ledger, store, kb[1], ka[1], owner.name, 0)[1]
+            changed = _join(ledger, store, kb[1], ka[1], owner.name, 0, threshold)[1]
         else:
             changed = _merge_clusters(ledger, store, ka[1], kb[1])
         result: Person | ClusterInfo = (
@@ -208,10 +229,15 @@ def merge(ledger: Ledger, store: Any, a: str | int, b: str | int) -> Person | Cl
     return result
 
 
-def _merge_people(ledger: Ledger, store: Any, keep: int, gone: int) -> list[str]:
-    held = {f.sha256 for f in ledger.faces.of_person(keep)}
+def _merge_people(ledger: Ledger, store: Any, keep: int, gone: int, threshold: float) -> list[str]:
+    kept = ledger.faces.of_person(keep)
+    held = {f.sha256 for f in kept}
     faces = ledger.faces.of_person(gone)
-    clash = [f for f in faces if f.sha256 in held]
+    # A face either of them was rejected for is not the merged person's either.
+    no = refused(ledger, store, threshold, keep, [f.face_id for f in faces])
+    no |= refused(ledger, store, threshold, gone, [f.face_id for f in kept])
+    clash = [f for f in faces if f.sha256 in held or f.face_id in no]
+    clash += [f for f in kept if f.face_id in no]
     ledger.faces.to_pool([f.face_id for f in clash])
     ledger.faces.move_person(gone, keep)
     ledger.clusters.move_person(gone, keep)
@@ -219,7 +245,7 @@ def _merge_people(ledger: Ledger, store: Any, keep: int, gone: int) -> list[str]
     for cid in {f.cluster_id for f in clash if f.cluster_id is not None}:
         refresh_cluster(ledger, store, cid)
     refresh_prototype(ledger, store, keep)
-    return [f.face_id for f in faces] + ledger.faces.suggested_for(keep)
+    return [f.face_id for f in [*faces, *clash]] + ledger.faces.suggested_for(keep)
 
 
 def _merge_clusters(ledger: Ledger, store: Any, keep: int, gone: int) -> list[str]:
@@ -252,13 +278,13 @@ def unassign_face(ledger: Ledger, store: Any, face_id: str) -> FaceRef:
             refresh_prototype(ledger, store, face.person_id)
         if face.cluster_id is not None:
             refresh_cluster(ledger, store, face.cluster_id)
-        ref = _refs(ledger.faces.details(face_id=face_id))[0]
+        ref = face_refs(ledger.faces.details(face_id=face_id))[0]
     mirror_faces(ledger, store, [face_id])
     return ref
 
 
 # -- reading ------------------------------------------------------------------
-def _refs(details: list[FaceDetail]) -> list[FaceRef]:
+def face_refs(details: list[FaceDetail]) -> list[FaceRef]:
     """Best first (stable, so equal faces stay in id order)."""
     details = sorted(details, key=lambda r: -quality(r.det_score, r.area))
     return [
@@ -279,7 +305,7 @@ def _person(ledger: Ledger, person_id: int) -> Person:
     row = ledger.people.get(person_id)
     if row is None:
         raise NotFound(f"there is no person {person_id}")
-    faces = _refs(ledger.faces.details(person_id=person_id))
+    faces = face_refs(ledger.faces.details(person_id=person_id))
     best = faces[0] if faces else None
     return Person(
         person_id,
@@ -296,7 +322,7 @@ def _cluster(ledger: Ledger, cluster_id: int) -> ClusterInfo:
     c = ledger.clusters.get(cluster_id)
     if c is None:
         raise NotFound(f"there is no cluster {cluster_id}")
-    rep = _refs(ledger.faces.details(face_id=c.representative)) if c.representative else []
+    rep = face_refs(ledger.faces.details(face_id=c.representative)) if c.representative else []
     return ClusterInfo(
         cluster_id,
         c.faces,
@@ -324,5 +350,5 @@ def show(ledger: Ledger, name_or_cluster: str | int) -> Detail:
     """A person (by name) or a cluster (by id) with all their faces, best first."""
     kind, key = _resolve(ledger, name_or_cluster, follow=False)
     if kind == "person":
-        return Detail(_person(ledger, key), None, _refs(ledger.faces.details(person_id=key)))
-    return Detail(None, _cluster(ledger, key), _refs(ledger.faces.details(cluster_id=key)))
+        return Detail(_person(ledger, key), None, face_refs(ledger.faces.details(person_id=key)))
+    return Detail(None, _cluster(ledger, key), face_refs(ledger.faces.details(cluster_id=key)))

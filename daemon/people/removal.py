@@ -29,6 +29,7 @@ from daemon.ledger import removal
 from daemon.ledger.ledger import Ledger
 from daemon.ledger.removal import Plan, RemovalRow
 from daemon.people.operations import refresh_cluster, refresh_prototype
+from daemon.people.photos import mirror_photos
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,8 @@ def finish(ledger: Ledger, store: Any, p: Plan, batches_dir: Path, delete_photos
             clusters_removed=removed,
             people_changed=len(people),
         )
+    # A photo that stays (a copy holds it) keeps its faces, and so who is in it.
+    mirror_photos(ledger, store, p.owners)
     what = f"{record.images} images, {record.faces} faces"
     log.info("batch %d '%s' removed: %s", p.batch_id, p.name, what)
     deleted = link = False

@@ -9,6 +9,9 @@ finds the batch already clustered and only repairs the mirror, so a crash
 between the commit and the mirror heals itself and no cluster is ever created
 twice.
 
+A face the user took from a person (`face_rejections`), or a copy of it, is
+never matched to that person again (`daemon.people.rejections`).
+
 Cost per batch: the batch's vectors, the unnamed clusters' centroids (one
 small row each) and the pool of the `pool_max` most recent noise faces, whose
 vectors stay in memory between batches. Noise older than that leaves the pool
@@ -42,7 +45,9 @@ from daemon.people.library import (
     unnamed_clusters,
     write_clusters,
 )
+from daemon.people.photos import backfill
 from daemon.people.pool import PoolCache
+from daemon.people.rejections import Rejections
 from daemon.phases.base import BatchInfo, PhaseContext, Report
 from daemon.vocab import PhaseName
 
@@ -57,11 +62,14 @@ class ClusteringPhase:
         self.ledger: Ledger | None = None
         self.store: Any = None
         self.params = Params()
+        self.rejection_threshold = 1.0
         self.pool: PoolCache | None = None
 
     def setup(self, ctx: PhaseContext) -> None:
         self.ledger, self.store = ctx.ledger, ctx.store
         self.params = Params.from_config(ctx.config.clustering)
+        self.rejection_threshold = ctx.config.clustering.rejection_threshold
+        backfill(ctx.ledger, ctx.store)  # once per library: image metadata older versions lacked
         if self.pool is None or self.pool.pool_max != ctx.config.clustering.pool_max:
             self.pool = PoolCache(ctx.config.clustering.pool_max)
 
@@ -155,7 +163,9 @@ class ClusteringPhase:
                 by_cluster[r.cluster_id].photos.add(r.sha256)
 
         describe(f"matching {len(new)} faces to {len(people)} named people")
-        rest = match_people(new, people, params, plan)
+        rejections = Rejections.load(ledger, self.store, self.rejection_threshold)
+        banned = rejections.banned(new) if rejections else None
+        rest = match_people(new, people, params, plan, banned)
         report(1)
         describe(f"attaching {len(rest)} faces to {len(clusters)} clusters")
         rest = attach(new, rest, clusters, params, plan)

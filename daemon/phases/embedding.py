@@ -16,6 +16,7 @@ from typing import Any
 
 from daemon.phases.base import BatchInfo, DecodedImage, PhaseContext, Report
 from daemon.store.library import Slot, worker_slot, writers
+from daemon.store.search import captured_ts
 from daemon.vocab import ImageOutcome, ImageState, PhaseName
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ def image_metadata(
         "width": width,
         "height": height,
         "captured_at": captured_at,
+        "captured_ts": captured_ts(captured_at),
         "model": model,
         "indexed_at": round(time.time(), 3),
     }

@@ -5,9 +5,11 @@ between batches: it scans the library in image id order, a window of a few
 chunks at a time, asks the store which of those photos the new model's
 collection already holds (new batches go into both collections meanwhile,
 and a crash may have stored a chunk it did not record), and decodes and
-embeds the others through the same decode-ahead scheme as a batch. After each
-chunk's vectors are stored the ledger records how far the scan got, so a
-restarted daemon goes on from there and no finished photo is embedded twice.
+embeds the others through the same decode-ahead scheme as a batch, with the
+metadata search filters on: the capture time, and who is in each photo (from
+the ledger, `daemon.people.photos`). After each chunk's vectors are stored
+the ledger records how far the scan got, so a restarted daemon goes on from
+there and no finished photo is embedded twice.
 The caller's `should_yield` is asked between chunks: a waiting batch, a pause
 or a shutdown always comes first.
 
@@ -29,6 +31,7 @@ from typing import Any
 from daemon.errors import ImageError, ModelMismatch, ModelUnavailable
 from daemon.imaging.decode import decode
 from daemon.ledger.reindexes import LibraryImage, ReindexRow
+from daemon.people.photos import mirror_photos
 from daemon.phases.ahead import decode_ahead
 from daemon.phases.base import PhaseContext
 from daemon.phases.embedding import image_metadata
@@ -147,6 +150,10 @@ class Reindexer:
                     # now, or its vector was stored before that deletion.
                     gone = set(shas) - self.ledger.reindexes.held(shas)
                     self.store.delete_images(sorted(gone), name=slot.collection)
+                    # Who is in them, read after the vectors are stored: a change made
+                    # meanwhile (`people name`) mirrored into every collection then, or
+                    # missed these records and is read here.
+                    mirror_photos(self.ledger, self.store, shas, into=[slot.collection])
                 for bad in (i for i in items if i.error is not None):
                     self._unreadable(bad)
                 now = time.monotonic()

@@ -24,14 +24,7 @@ import numpy as np
 
 from daemon.errors import DiskFull, InvalidState, StoreUnavailable
 from daemon.redact import redact, redact_url
-from daemon.store.records import (
-    FaceRows,
-    Hit,
-    auth_headers,
-    clean_metadata,
-    mismatch,
-    parse_url,
-)
+from daemon.store.records import FaceRows, Hit, clean_metadata, connect, mismatch
 
 if TYPE_CHECKING:
     from chromadb.api import ClientAPI
@@ -49,37 +42,12 @@ class Store:
     """One connection to Chroma; call open_images/open_faces before writing."""
 
     def __init__(self, config: Config) -> None:
-        import chromadb
-        from chromadb.config import Settings
-
         self._cfg = config.store
         self._path = config.chroma_path
         # Shown in errors, the log and doctor: never with a password in it.
         self.where = redact_url(self._cfg.url) if self._cfg.url else str(self._path)
-        settings = Settings(anonymized_telemetry=False)
         with self._guard("connect to"):
-            if self._cfg.url:
-                host, port, ssl = parse_url(self._cfg.url)
-                try:
-                    self._client: ClientAPI = chromadb.HttpClient(
-                        host=host,
-                        port=port,
-                        ssl=ssl,
-                        headers=auth_headers(self._cfg),
-                        settings=settings,
-                    )
-                except ValueError as exc:  # chromadb's "Could not connect to a Chroma server"
-                    refused = any(w in str(exc) for w in ("Unauthorized", "Forbidden"))
-                    raise StoreUnavailable(
-                        # Shown in errors, the log and doctor: never with a password in it.
-                        f"cannot reach the Chroma server at {self.where}: {redact(str(exc))}",
-                        hint="Check store.token (and store.token_header): the server refused it."
-                        if refused
-                        else None,
-                    ) from exc
-            else:
-                self._path.mkdir(parents=True, exist_ok=True)
-                self._client = chromadb.PersistentClient(path=str(self._path), settings=settings)
+            self._client: ClientAPI = connect(self._cfg, self._path, self.where)
             self._max_batch = self._client.get_max_batch_size()
         self._cols: dict[str, Collection] = {}
         self._opened: set[str] = set()
@@ -224,26 +192,68 @@ class Store:
             return col.count()
 
     def _query(
-        self, name: str, embedding: np.ndarray, k: int, where: dict | None = None
-    ) -> list[Hit]:
+        self, name: str, embeddings: np.ndarray, k: int, where: dict | None = None
+    ) -> list[list[Hit]]:
+        """The k nearest records (best first) of each row of `embeddings`, within `where`."""
         col = self._lookup(name)
+        vectors = np.atleast_2d(np.asarray(embeddings, dtype=np.float32))
         if col is None or k <= 0:
-            return []
-        vector = np.asarray(embedding, dtype=np.float32).reshape(1, -1)
+            return [[] for _ in vectors]
+        out: list[list[Hit]] = []
         with self._guard("query"):
-            res = col.query(
-                query_embeddings=vector,
-                n_results=k,
-                where=where or None,
-                include=["metadatas", "distances"],  # type: ignore[list-item]
-            )
-        ids, dists = res["ids"][0], (res["distances"] or [[]])[0]
-        metas = (res["metadatas"] or [[{}] * len(ids)])[0]
-        hits = [
-            Hit(rid, min(1.0, max(-1.0, 1.0 - float(d))), dict(m or {}))
-            for rid, d, m in zip(ids, dists, metas, strict=True)
-        ]
-        return sorted(hits, key=lambda h: h.score, reverse=True)
+            for part in self._batches(len(vectors)):
+                res = col.query(
+                    query_embeddings=vectors[part],
+                    n_results=k,
+                    where=where or None,
+                    include=["metadatas", "distances"],  # type: ignore[list-item]
+                )
+                dists = res["distances"] or [[]] * len(res["ids"])
+                metas = res["metadatas"] or [[{}] * len(ids) for ids in res["ids"]]
+                for ids, ds, ms in zip(res["ids"], dists, metas, strict=True):
+                    hits = [
+                        Hit(rid, min(1.0, max(-1.0, 1.0 - float(d))), dict(m or {}))
+                        for rid, d, m in zip(ids, ds, ms, strict=True)
+                    ]
+                    out.append(sorted(hits, key=lambda h: h.score, reverse=True))
+        return out
+
+    def _rows(
+        self,
+        name: str,
+        ids: list[str] | None,
+        where: dict[str, Any] | None,
+        limit: int | None,
+        offset: int | None = None,
+        include: tuple[str, ...] = ("embeddings", "metadatas"),
+    ) -> FaceRows:
+        col = self._lookup(name)
+        dim = self._dim(name)
+        if col is None or ids == []:
+            return FaceRows([], np.zeros((0, dim), np.float32), [])
+        out_ids: list[str] = []
+        vectors: list[np.ndarray] = []
+        metas: list[dict[str, Any]] = []
+        chunks: list[list[str] | None] = (
+            [None] if ids is None else [list(ids[p]) for p in self._batches(len(ids))]
+        )
+        with self._guard("read"):
+            for chunk in chunks:
+                res = col.get(
+                    ids=chunk,
+                    where=where or None,
+                    limit=limit,
+                    offset=offset,
+                    include=list(include),  # type: ignore[arg-type]
+                )
+                out_ids.extend(res["ids"])
+                if len(res["ids"]) and "embeddings" in include:
+                    vectors.append(np.asarray(res["embeddings"], dtype=np.float32))
+                metas.extend(dict(m or {}) for m in res["metadatas"] or [{}] * len(res["ids"]))
+        if limit is not None:
+            out_ids, metas = out_ids[:limit], metas[:limit]
+        emb = np.concatenate(vectors)[: len(out_ids)] if vectors else np.zeros((0, dim))
+        return FaceRows(out_ids, emb.astype(np.float32, copy=False), metas)
 
     def _dim(self, name: str) -> int:
         col = self._cols.get(name)
@@ -313,15 +323,8 @@ class Store:
 
     def get_images(self, ids: list[str], *, name: str = IMAGES) -> list[dict[str, Any]]:
         """[{"id", "metadata"}] for the ids that exist, in the order asked."""
-        col = self._lookup(name)
-        if col is None or not ids:
-            return []
-        found: dict[str, dict[str, Any]] = {}
-        with self._guard("read"):
-            for part in self._batches(len(ids)):
-                res = col.get(ids=list(ids[part]), include=["metadatas"])  # type: ignore[list-item]
-                for rid, meta in zip(res["ids"], res["metadatas"] or [], strict=True):
-                    found[rid] = dict(meta or {})
+        rows = self._rows(name, list(dict.fromkeys(ids)), None, None, include=("metadatas",))
+        found = dict(zip(rows.ids, rows.metadatas, strict=True))
         return [{"id": rid, "metadata": found[rid]} for rid in dict.fromkeys(ids) if rid in found]
 
     def update_images(
@@ -332,8 +335,28 @@ class Store:
     def delete_images(self, ids: list[str], *, name: str = IMAGES) -> None:
         self._delete(name, ids)
 
-    def query_images(self, embedding: np.ndarray, k: int, *, name: str = IMAGES) -> list[Hit]:
-        return self._query(name, embedding, k)
+    def query_images(
+        self, embedding: np.ndarray, k: int, where: dict | None = None, *, name: str = IMAGES
+    ) -> list[Hit]:
+        return self._query(name, embedding, k, where)[0]
+
+    def neighbours_images(
+        self, embeddings: np.ndarray, k: int, *, name: str = IMAGES
+    ) -> list[list[Hit]]:
+        return self._query(name, embeddings, k)  # the k nearest of each, in few calls
+
+    def image_rows(
+        self,
+        offset: int = 0,
+        limit: int | None = 5000,
+        where: Any = None,
+        bare: bool = False,
+        *,
+        name: str = IMAGES,
+    ) -> FaceRows:
+        """A page of the images passing `where`, with vectors (`bare`: without metadata)."""
+        keys = ("embeddings",) if bare else ("embeddings", "metadatas")
+        return self._rows(name, None, where, limit, offset, keys)
 
     # -- faces -------------------------------------------------------------------------
     def upsert_faces(
@@ -348,32 +371,7 @@ class Store:
         limit: int | None = None,
     ) -> FaceRows:
         """Faces by ids and/or a Chroma `where` filter (e.g. {"batch_id": 3})."""
-        col = self._lookup(FACES)
-        dim = self._dim(FACES)
-        if col is None or ids == []:
-            return FaceRows([], np.zeros((0, dim), np.float32), [])
-        out_ids: list[str] = []
-        vectors: list[np.ndarray] = []
-        metas: list[dict[str, Any]] = []
-        chunks: list[list[str] | None] = (
-            [None] if ids is None else [list(ids[p]) for p in self._batches(len(ids))]
-        )
-        with self._guard("read"):
-            for chunk in chunks:
-                res = col.get(
-                    ids=chunk,
-                    where=where or None,
-                    limit=limit,
-                    include=["embeddings", "metadatas"],  # type: ignore[list-item]
-                )
-                out_ids.extend(res["ids"])
-                if len(res["ids"]):
-                    vectors.append(np.asarray(res["embeddings"], dtype=np.float32))
-                metas.extend(dict(m or {}) for m in res["metadatas"] or [])
-        if limit is not None:
-            out_ids, metas = out_ids[:limit], metas[:limit]
-        emb = np.concatenate(vectors)[: len(out_ids)] if vectors else np.zeros((0, dim))
-        return FaceRows(out_ids, emb.astype(np.float32, copy=False), metas)
+        return self._rows(FACES, ids, where, limit)
 
     def update_faces(self, ids: list[str], metadatas: list[dict[str, Any]]) -> None:
         """Change only the given keys (e.g. person, cluster); a None value removes the key."""
@@ -388,4 +386,4 @@ class Store:
     def query_faces(
         self, embedding: np.ndarray, k: int, where: dict[str, Any] | None = None
     ) -> list[Hit]:
-        return self._query(FACES, embedding, k, where)
+        return self._query(FACES, embedding, k, where)[0]

@@ -83,6 +83,21 @@ def active_model(ledger: Ledger, store: Store, cfg: ClipConfig) -> ClipModelRow:
     return ledger.clip_models.add(str(meta["model"]), IMAGES, None, ClipModelState.ACTIVE)
 
 
+def active_collection(ledger: Ledger) -> str:
+    """The collection search reads: the active model's (`images` before one is recorded)."""
+    active = ledger.clip_models.active()
+    return active.collection if active is not None else IMAGES
+
+
+def image_collections(ledger: Ledger) -> list[str]:
+    """Every collection holding this library's image vectors, the active one first: each
+    model's but a dropped one's (a building one too: a re-index may go on into it), else
+    `images`. What is kept in step with the ledger (who is in a photo) is written to all."""
+    rows = [r for r in ledger.clip_models.all() if r.state != ClipModelState.DROPPED]
+    rows.sort(key=lambda r: r.state != ClipModelState.ACTIVE)
+    return [r.collection for r in rows] or [IMAGES]
+
+
 def drop(ledger: Ledger, store: Store, row: ClipModelRow) -> None:
     """Delete a model's collection (never the active one's); its row says `dropped`."""
     if row.state == ClipModelState.ACTIVE:

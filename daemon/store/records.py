@@ -1,8 +1,10 @@
-"""What the store hands out and takes in: search hits, face rows, Chroma-legal metadata.
+"""What the store hands out and takes in: search hits, rows, Chroma-legal metadata.
 
-Chroma accepts only str/int/float/bool metadata values; `clean_metadata`
-drops None and non-finite floats and stores lists, tuples and dicts as JSON
-strings (returned as those strings). `parse_url` reads `store.url`.
+Chroma accepts str/int/float/bool metadata values and, since 1.x, non-empty
+lists of one scalar type, which `$contains` filters on. Only the keys in
+`ARRAY_KEYS` are stored as such lists; any other list, tuple or dict becomes a
+JSON string (and comes back as that string), so a reader of `bbox` never gets
+a type it did not write. `parse_url` reads `store.url`.
 """
 
 from __future__ import annotations
@@ -11,15 +13,21 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import numpy as np
 
-from daemon.errors import ConfigError, ModelMismatch
+from daemon.errors import ConfigError, ModelMismatch, StoreUnavailable
 from daemon.redact import redact
 
-Metadata = dict[str, str | int | float | bool]
+if TYPE_CHECKING:
+    from chromadb.api import ClientAPI
+
+# Image metadata: the ids of the named people in the photo (see daemon.people.photos).
+ARRAY_KEYS = frozenset({"people"})
+
+Metadata = dict[str, str | int | float | bool | list[int]]
 
 
 @dataclass(frozen=True)
@@ -31,6 +39,8 @@ class Hit:
 
 @dataclass(frozen=True)
 class FaceRows:
+    """Records with their vectors (of either collection; the name is the faces' first use)."""
+
     ids: list[str]
     embeddings: np.ndarray  # float32, shape (len(ids), dim)
     metadatas: list[dict[str, Any]]
@@ -48,7 +58,10 @@ def clean_metadata(metadata: dict[str, Any]) -> Metadata:
         if value is None or (isinstance(value, float) and not math.isfinite(value)):
             # Chroma silently discards a whole metadata dict holding NaN.
             continue
-        if isinstance(value, str | int | float | bool):
+        if key in ARRAY_KEYS and isinstance(value, list | tuple):
+            if value:  # Chroma refuses an empty list: no value is no key
+                out[key] = sorted({int(v) for v in value})
+        elif isinstance(value, str | int | float | bool):
             out[key] = value
         elif isinstance(value, list | tuple | dict):
             out[key] = json.dumps(value)
@@ -73,6 +86,33 @@ def parse_url(url: str) -> tuple[str, int, bool]:
         )
     ssl = parts.scheme == "https"
     return parts.hostname, parts.port or (443 if ssl else 8000), ssl
+
+
+def connect(cfg: Any, path: Path, where: str) -> ClientAPI:
+    """A Chroma client: the server at store.url (`cfg`: config.store), else the store at `path`.
+
+    `where` names the store in errors: never with a password in it.
+    """
+    import chromadb
+    from chromadb.config import Settings
+
+    settings = Settings(anonymized_telemetry=False)
+    if not cfg.url:
+        path.mkdir(parents=True, exist_ok=True)
+        return chromadb.PersistentClient(path=str(path), settings=settings)
+    host, port, ssl = parse_url(cfg.url)
+    try:
+        return chromadb.HttpClient(
+            host=host, port=port, ssl=ssl, headers=auth_headers(cfg), settings=settings
+        )
+    except ValueError as exc:  # chromadb's "Could not connect to a Chroma server"
+        refused = any(w in str(exc) for w in ("Unauthorized", "Forbidden"))
+        raise StoreUnavailable(
+            f"cannot reach the Chroma server at {where}: {redact(str(exc))}",
+            hint="Check store.token (and store.token_header): the server refused it."
+            if refused
+            else None,
+        ) from exc
 
 
 def auth_headers(cfg: Any) -> dict[str, str] | None:
