@@ -18,8 +18,10 @@ import pytest
 from daemon.commands.reindex import request
 from daemon.config import Config
 from daemon.errors import ModelMismatch
+from daemon.ledger.faces import NewFace
 from daemon.ledger.ledger import Ledger
 from daemon.models import ModelRegistry
+from daemon.people.photos import mirror_photos
 from daemon.phases.base import PhaseContext
 from daemon.phases.control import Control
 from daemon.phases.pipeline import Pipeline
@@ -246,3 +248,37 @@ def test_the_daemon_retries_at_once_when_a_reindex_is_asked_for_after_a_mismatch
     assert driver.retry_now(err.value) is True  # `imgtrain reindex` was run: try now
     assert driver.retry_now(err.value) is False  # once
     lib.pipeline()
+
+
+def test_who_is_in_each_photo_follows_it_into_the_new_models_collection(
+    lib: Lib, tiny_clip24_config: Path
+) -> None:
+    """`search --person` filters on the photos' `people`: a re-index carries them, and a
+    person named while it runs reaches the new collection whether or not the photo is in
+    it yet."""
+    photos = sorted(lib.add("first", range(6)))
+    ids = {
+        r["sha256"]: r["image_id"] for r in lib.ledger.query("SELECT sha256, image_id FROM images")
+    }
+
+    def name(sha: str, who: str) -> int:
+        pid = lib.ledger.people.create(who)
+        lib.ledger.faces.add(1, ids[sha], sha, [NewFace(f"{sha}:0", 0.9, 400.0)])
+        lib.ledger.faces.give_to_person([f"{sha}:0"], pid)
+        mirror_photos(lib.ledger, lib.store, [sha])  # what naming a cluster does
+        return pid
+
+    ada = name(photos[0], "Ada")
+    lib.use(tiny_clip24_config)
+    request(lib.ledger, lib.store, lib.config)
+    collection = lib.ledger.clip_models.get(library.model_name(lib.config.clip)).collection
+    assert lib.reindex(stop_after=1) is None  # one chunk in
+    later = [sha for sha in photos if sha not in lib.vectors(collection)]
+    assert later, "the re-index had not reached every photo"
+    bob = name(later[-1], "Bob")
+    assert lib.reindex() == ReindexState.COMPLETED
+
+    named = {photos[0]: [ada], later[-1]: [bob]}
+    for col in (IMAGES, collection):
+        people = {sha: meta.get("people") for sha, meta in lib.vectors(col).items()}
+        assert people == {sha: None for sha in photos} | named
