@@ -1,4 +1,4 @@
-"""What a command opens: the one Config, and the daemon's ledger (never a new empty one)."""
+"""What a command opens: the one Config, the daemon's ledger and store (never new empty ones)."""
 
 from __future__ import annotations
 
@@ -27,3 +27,17 @@ def no_ledger(config: Config) -> NotFound:
         hint="Start the daemon once (`imgtrain run` or `systemctl start imgtrain`),"
         " or pass the daemon's config with --config.",
     )
+
+
+def require_store(config: Config, what: str = "") -> None:
+    """An embedded store must exist already: opening it would create an empty one.
+
+    `what` ends the message (e.g. ": nothing to re-index"); a Chroma server is reached
+    when the command opens it.
+    """
+    if not config.store.url and not config.chroma_path.exists():
+        raise NotFound(
+            f"there is no vector store at {config.chroma_path}{what}",
+            hint="Start the daemon and drop photos into the inbox first,"
+            " or pass the daemon's config with --config.",
+        )

@@ -12,7 +12,6 @@ import math
 from pathlib import Path
 
 from daemon.commands import context, render, sheets
-from daemon.errors import NotFound
 from daemon.store.duplicates import Group, Member
 
 SHEET_COLUMNS = 6
@@ -53,12 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from daemon.store.duplicates import find_duplicates
     from daemon.store.library import active_collection
 
-    if not config.store.url and not config.chroma_path.exists():
-        raise NotFound(
-            f"there is no vector store at {config.chroma_path}",
-            hint="Start the daemon and drop photos into the inbox first,"
-            " or pass the daemon's config with --config.",
-        )
+    context.require_store(config)
     threshold = args.threshold if args.threshold is not None else config.duplicates.threshold
     ledger = context.open_ledger(config)
     try:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from daemon.commands import context, render
 from daemon.config import Config
-from daemon.errors import ImgtrainError, InvalidState, NotFound
+from daemon.errors import ImgtrainError, InvalidState
 from daemon.ledger.ledger import Ledger
 from daemon.ledger.reindexes import ReindexRow
 from daemon.store import library
@@ -60,12 +60,7 @@ def run(args: argparse.Namespace) -> int:
         args.parser.error("--cancel and --drop-old do not go together")
     render.quiet_logs()
     config = context.load(args)
-    if not config.store.url and not config.chroma_path.exists():
-        raise NotFound(
-            f"there is no vector store at {config.chroma_path}: nothing to re-index",
-            hint="Start the daemon and drop photos into the inbox first,"
-            " or pass the daemon's config with --config.",
-        )
+    context.require_store(config, ": nothing to re-index")
     ledger = context.open_ledger(config)
     try:
         outcome = request(ledger, Store(config), config, cancel=args.cancel, drop_old=args.drop_old)

@@ -138,12 +138,7 @@ def run(args: argparse.Namespace) -> int:
     from daemon.store.chroma import Store
     from daemon.store.search import search, search_image
 
-    if not config.store.url and not config.chroma_path.exists():
-        raise NotFound(
-            f"there is no vector store at {config.chroma_path}",
-            hint="Start the daemon and drop photos into the inbox first,"
-            " or pass the daemon's config with --config.",
-        )
+    context.require_store(config)
     store = Store(config)
     ledger = Ledger(config.ledger_path) if config.ledger_path.exists() else None
     try:
