@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from daemon.commands import context, render
@@ -77,9 +76,9 @@ def _list(config: Config, as_json: bool, config_path: str | None) -> int:
         render.print_json({"ok": ok, "models": entries})
         return 0 if ok else 1
     out = render.console()
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    for col in ("MODEL", "STATE", "NAME", "DIM", "SIZE", "SHA256", "WHERE"):
-        table.add_column(col, no_wrap=col != "WHERE")
+    table = render.table(
+        "MODEL", "STATE", "NAME", "DIM", "SIZE", "SHA256", "WHERE", wrap=("WHERE",)
+    )
     for e in entries:
         table.add_row(
             e.role,

@@ -13,8 +13,6 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from rich.table import Table
-
 from daemon.commands import context, people_review, render, sheets
 from daemon.commands.refs import cluster_id, face_id, face_json, short
 from daemon.config import Config
@@ -170,14 +168,7 @@ def _list(ledger: Ledger, as_json: bool) -> int:
     out = render.console()
     if named:
         out.print(f"[bold]People ({len(named)})[/]")
-        table = Table(box=None, header_style="bold", pad_edge=False)
-        for col, justify in (
-            ("NAME", "left"),
-            ("FACES", "right"),
-            ("CLUSTERS", "left"),
-            ("SAMPLE PHOTO", "left"),
-        ):
-            table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+        table = render.table("NAME", "FACES", "CLUSTERS", "SAMPLE PHOTO", right=("FACES",))
         for p in named:
             table.add_row(
                 p.name,
@@ -193,9 +184,7 @@ def _list(ledger: Ledger, as_json: bool) -> int:
             f"[bold]Unnamed clusters ({len(clusters)})[/]: look with `imgtrain people sheet"
             " CLUSTER -o faces.png`, then `imgtrain people name CLUSTER NAME`"
         )
-        table = Table(box=None, header_style="bold", pad_edge=False)
-        for col, justify in (("CLUSTER", "right"), ("FACES", "right"), ("SAMPLE PHOTO", "left")):
-            table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+        table = render.table("CLUSTER", "FACES", "SAMPLE PHOTO", right=("CLUSTER", "FACES"))
         for c in clusters:
             table.add_row(f"#{c.cluster_id}", str(c.faces), c.image_path or "-")
         out.print(table)
@@ -221,15 +210,9 @@ def _show(detail: people.Detail, as_json: bool) -> int:
         assert c is not None
         who = f"named {c.person!r}" if c.person else "unnamed"
         out.print(f"[bold]cluster #{c.cluster_id}[/] ({who}): {c.faces} faces")
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for col, justify in (
-        ("FACE", "left"),
-        ("SCORE", "right"),
-        ("CLUSTER", "right"),
-        ("SUGGESTED", "left"),
-        ("PHOTO", "left"),
-    ):
-        table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    table = render.table(
+        "FACE", "SCORE", "CLUSTER", "SUGGESTED", "PHOTO", right=("SCORE", "CLUSTER")
+    )
     for f in detail.faces:
         suggested = (
             f"{f.suggested_person} ({f.suggestion_score:.2f})"

@@ -11,8 +11,6 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from rich.table import Table
-
 from daemon.commands import render, sheets
 from daemon.commands.refs import cluster_id, face_id, face_json, short
 from daemon.config import Config
@@ -106,15 +104,7 @@ def _suggestions(ledger: Ledger, config: Config, args: argparse.Namespace) -> in
         f"{len(faces)} face{'s' if len(faces) != 1 else ''} suggested{whom}: `imgtrain people"
         " accept FACE...` gives them to that person, `imgtrain people reject FACE...` never again"
     )
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for col, justify in (
-        ("FACE", "left"),
-        ("PERSON", "left"),
-        ("SCORE", "right"),
-        ("CLUSTER", "right"),
-        ("PHOTO", "left"),
-    ):
-        table.add_column(col, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    table = render.table("FACE", "PERSON", "SCORE", "CLUSTER", "PHOTO", right=("SCORE", "CLUSTER"))
     for f in faces:
         table.add_row(
             short(f.face_id),

@@ -13,7 +13,6 @@ import os
 from datetime import UTC, datetime
 
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
 from daemon.commands import context, queue_remove, render
@@ -174,19 +173,11 @@ def _list(ledger: Ledger, args: argparse.Namespace) -> int:
 
 
 def _table(out: Console, rows: list[BatchRow]) -> None:
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    for name, justify in (
-        ("ID", "right"),
-        ("STATE", "left"),
-        ("FOLDER", "left"),
-        ("IMAGES", "right"),
-        ("FACES", "right"),
-        ("ERRORS", "right"),
-        ("TRIES", "right"),
-        ("DURATION", "right"),
-        ("FINISHED", "left"),
-    ):
-        table.add_column(name, justify=justify, no_wrap=name != "FOLDER")  # type: ignore[arg-type]
+    numbers = ("ID", "IMAGES", "FACES", "ERRORS", "TRIES", "DURATION")
+    table = render.table(
+        "ID", "STATE", "FOLDER", "IMAGES", "FACES", "ERRORS", "TRIES", "DURATION", "FINISHED",
+        right=numbers, wrap=("FOLDER",),
+    )  # fmt: skip
     for b in rows:
         state = render.styled(b.state)
         if b.state == BatchState.RUNNING and b.steps_total:

@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import asdict, is_dataclass
 from datetime import datetime
 from enum import Enum
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.table import Table
 from rich.text import Text
 
 from daemon.humanize import duration, iso, local_time, size
@@ -92,6 +94,16 @@ def plain(value: Any) -> Any:
 
 def print_json(data: Any) -> None:
     print(redact(json.dumps(plain(data), indent=2, ensure_ascii=False)))
+
+
+def table(*heads: str, right: Iterable[str] = (), wrap: Iterable[str] = ()) -> Table:
+    """The commands' table: bold heads, no box; the `right` columns are right-aligned (numbers),
+    only the `wrap` columns may wrap (a long folder or path), so ids and numbers stay whole."""
+    right, wrap = set(right), set(wrap)
+    t = Table(box=None, header_style="bold", pad_edge=False)
+    for head in heads:
+        t.add_column(head, justify="right" if head in right else "left", no_wrap=head not in wrap)
+    return t
 
 
 def bar(done: float, total: float, width: int = 30) -> Text:

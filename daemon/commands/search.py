@@ -14,8 +14,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rich.table import Table
-
 from daemon.commands import context, render, sheets
 from daemon.config import Config
 from daemon.errors import NotFound
@@ -229,11 +227,7 @@ def run(args: argparse.Namespace) -> int:
         f" [dim](model loaded in {render.duration(load_seconds)},"
         f" search {render.duration(search_seconds)})[/]"
     )
-    table = Table(box=None, header_style="bold", pad_edge=False)
-    table.add_column("#", justify="right")
-    table.add_column("SCORE", justify="right")
-    table.add_column("BATCH", justify="right")
-    table.add_column("PATH", no_wrap=True)
+    table = render.table("#", "SCORE", "BATCH", "PATH", right=("#", "SCORE", "BATCH"))
     for rank, h in enumerate(hits, 1):
         table.add_row(str(rank), f"{h.score:.3f}", str(h.batch_id or "-"), h.path)
     out.print(table)

@@ -27,9 +27,7 @@ def view(info: WorkersInfo, *, now: datetime | None = None) -> Table | Text:
     now = now or datetime.now(UTC)
     if not info.workers:
         return Text("no worker is registered: start one with `imgtrain worker`", style="yellow")
-    table = Table(box=None, pad_edge=False, header_style="bold")
-    for head in ("NAME", "HOST", "STATE", "JOB", "IMAGES/S", "IMAGES", "HEARTBEAT"):
-        table.add_column(head, no_wrap=True)
+    table = render.table("NAME", "HOST", "STATE", "JOB", "IMAGES/S", "IMAGES", "HEARTBEAT")
     for w in info.workers:
         beat = (
             f"{render.duration((now - w.last_heartbeat).total_seconds())} ago"
