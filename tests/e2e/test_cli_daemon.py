@@ -8,12 +8,10 @@ daemon with a slow batch is paused, resumed, cancelled and retried.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from PIL import Image
@@ -21,24 +19,12 @@ from PIL import Image
 from daemon.cli import main
 from daemon.imaging.contactsheet import layout
 from daemon.status.model import Status
+from tests.commands import cli, cli_json
 from tests.conftest import base_config, make_jpeg
 from tests.e2e.conftest import Daemon
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.e2e
-
-
-def cli(capsys: pytest.CaptureFixture[str], d: Daemon, *argv: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main(["--config", str(d.config_path), *argv])
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def cli_json(capsys: pytest.CaptureFixture[str], d: Daemon, *argv: str) -> Any:
-    code, out, err = cli(capsys, d, *argv, "--json")
-    assert code == 0, err
-    return json.loads(out)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ copies 0.9997-1.0, so `duplicates.threshold` is 0.9995 (real CLIP: 0.98).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections import Counter
@@ -29,6 +28,7 @@ import pytest
 from PIL import Image
 
 from daemon.cli import main
+from tests.commands import cli, cli_json
 from tests.conftest import base_config, make_jpeg
 from tests.e2e.conftest import Daemon
 
@@ -62,25 +62,6 @@ WHO: dict[str, list[str]] = {
 }
 GARDEN_DATES = {"g0.jpg": "2019:07:01 09:00:00", "g1.jpg": "2019:08:01 09:00:00"}
 GARDEN_DATES["g2.jpg"] = "2020:01:01 09:00:00"
-
-
-def cli(capsys: pytest.CaptureFixture[str], d: Daemon, *argv: str) -> tuple[int, str, str]:
-    from chromadb.api.shared_system_client import SharedSystemClient
-
-    # Each `imgtrain` command is a process of its own. Called in this one, they would share
-    # chromadb's cached client, whose index in memory does not see what the daemon wrote
-    # since ("Error finding id"); forgetting it makes each call start fresh, as a command does.
-    SharedSystemClient.clear_system_cache()
-    capsys.readouterr()
-    code = main(["--config", str(d.config_path), *argv])
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def cli_json(capsys: pytest.CaptureFixture[str], d: Daemon, *argv: str) -> Any:
-    code, out, err = cli(capsys, d, *argv, "--json")
-    assert code == 0, err
-    return json.loads(out)
 
 
 def exif_date(when: str) -> bytes:

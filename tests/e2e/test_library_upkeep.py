@@ -7,7 +7,6 @@ daemon's own ledger and ChromaDB.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -20,26 +19,13 @@ import numpy as np
 import pytest
 import yaml
 
-from daemon.cli import main
 from daemon.ledger.rows import unblob
+from tests.commands import cli, cli_json
 from tests.conftest import clip_section, make_jpeg, write_config
 from tests.e2e.conftest import Daemon
 from tests.helpers import wait_for
 
 pytestmark = pytest.mark.e2e
-
-
-def cli(capsys: pytest.CaptureFixture[str], d: Daemon, *argv: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main(["--config", str(d.config_path), *argv])
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def cli_json(capsys: pytest.CaptureFixture[str], d: Daemon, *argv: str) -> Any:
-    code, out, err = cli(capsys, d, *argv, "--json")
-    assert code == 0, err
-    return json.loads(out)
 
 
 def chroma(d: Daemon) -> Any:

@@ -18,6 +18,7 @@ from daemon.errors import InvalidState
 from daemon.ledger import admin as queue_admin
 from daemon.ledger.ledger import Ledger
 from daemon.vocab import BatchState, FileEntry, ImageOutcome, ImageState, SkippedFile
+from tests.commands import cli
 from tests.conftest import write_config
 
 PHASES = ["embedding", "faces", "clustering"]
@@ -70,12 +71,6 @@ def process(ledger: Ledger, bid: int, *, fail: int = 0, faces: int = 0) -> None:
                 " created_at) VALUES (?,?,?,?,?,?,?)",
                 (f"{r.sha256}:0", r.sha256, r.image_id, bid, 0.9, 900.0, time.time()),
             )
-
-
-def cli(capsys: pytest.CaptureFixture[str], cfg: Path, *argv: str) -> tuple[int, str, str]:
-    code = main(["--config", str(cfg), *argv])
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_the_list_shows_every_batch_with_its_numbers(setup, capsys) -> None:

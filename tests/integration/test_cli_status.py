@@ -20,12 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from daemon.cli import main
 from daemon.ledger.history import ErrorRow
 from daemon.status.model import Status
 from daemon.status.progress import PhaseCount, Progress, RunPlan
 from daemon.status.writer import StatusWriter
 from daemon.vocab import DaemonStatus, PhaseState
+from tests.commands import cli
 from tests.conftest import REPO, write_config
 
 
@@ -69,12 +69,6 @@ def write(cfg: Path, progress: Progress, **changes: object) -> Path:
         data.update(changes)
         path.write_text(Status.model_validate(data).model_dump_json(indent=2))
     return path
-
-
-def cli(capsys: pytest.CaptureFixture[str], cfg: Path, *argv: str) -> tuple[int, str, str]:
-    code = main(["--config", str(cfg), *argv])
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_a_working_daemon_is_shown_with_bars_and_numbers(cfg, capsys, tmp_path) -> None:
