@@ -63,6 +63,11 @@ def contradictions(s: dict[str, Any]) -> list[str]:
             out.append(f"overall percentage {overall['percentage']}")
     if overall["eta_seconds"] is not None and overall["eta_seconds"] < 0:
         out.append("negative ETA")
+    if status in ("error", "paused") and (
+        overall["eta_seconds"] is not None
+        or any(ph.get("eta_seconds") for ph in (s["phases"] or {}).values())
+    ):
+        out.append(f"an ETA while {status}: nothing moves until that ends")
     for name, ph in (s["phases"] or {}).items():
         left = ph["step"] < ph["total_steps"]
         if left and (ph["status"] == "completed" or ph["percentage"] >= 100):

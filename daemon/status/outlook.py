@@ -212,6 +212,11 @@ def build_status(
         # Nothing queued: no run, whatever the ledger's last run was.
         current_step = total_steps = 0
         overall = OverallProgress()
+    elif status in (DaemonStatus.ERROR, DaemonStatus.PAUSED):
+        # Nothing moves until the error is mended or the queue resumed, which no estimate
+        # can foresee: the work left stays shown, a time for it would be made up.
+        overall = overall.model_copy(update={"eta_seconds": None, "eta_at": None})
+        etas = {q: eta for q, eta in etas.items() if eta == 0}  # the phases already done
     stall = _stall(p, out) if begun and status == DaemonStatus.TRAINING else None
     number = size = None
     if p.run.batch_ids:

@@ -25,6 +25,7 @@ import pytest
 
 from tests.conftest import REPO, base_config, make_jpeg, write_config
 from tests.e2e.conftest import Daemon, wait_for
+from tests.helpers import StatusReader
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -237,6 +238,7 @@ def test_folders_wait_for_missing_models_and_run_once_they_are_imported(
         models={"retry_seconds": 3600},  # only the import's SIGHUP can make it retry in time
     )
     d.start()
+    reader = StatusReader(d.status_path).start()  # every write, checked for contradictions
     s = d.wait_status(lambda s: s["status"] == "error", 90, "MODEL_UNAVAILABLE")
     assert s["error"]["message"].startswith("3 models missing")
     assert str(weights) in s["error"]["message"] and "testpack" in s["error"]["message"]
@@ -244,7 +246,9 @@ def test_folders_wait_for_missing_models_and_run_once_they_are_imported(
     make_jpeg(folder / "a.jpg", seed=3)
     make_jpeg(folder / "b.jpg", seed=4)
     os.rename(folder, d.inbox / "early")
-    d.wait_status(lambda s: s["queue"]["waiting"] == 1, 30, "the folder to be queued")
+    s = d.wait_status(lambda s: s["queue"]["waiting"] == 1, 30, "the folder to be queued")
+    # The work is known, but not when it can start: no ETA until the models are there.
+    assert s["run"]["images_total"] == 2 and s["overall_progress"]["eta_seconds"] is None
 
     pack_zip = tmp_path / "testpack.zip"
     with zipfile.ZipFile(pack_zip, "w") as zf:
@@ -264,3 +268,4 @@ def test_folders_wait_for_missing_models_and_run_once_they_are_imported(
     s = d.wait_idle_with(completed=1, timeout=120)
     assert s["last_batch"]["name"] == "early" and s["last_batch"]["processed"] == 2
     assert d.terminate() == 0
+    reader.stop()

@@ -137,3 +137,41 @@ def test_idle_snapshot_has_nulls_for_batch_fields() -> None:
     s = _progress().snapshot()
     assert s.current_file is None and s.batch_step is None and s.phases is None
     assert s.status == "idle"
+
+
+@pytest.mark.parametrize("blocked", ["error", "paused"])
+def test_no_eta_while_nothing_can_move(blocked: str) -> None:
+    """A missing model or a paused queue holds the work for as long as it lasts: the work
+    left stays shown, but no time for it (it used to promise seconds, then sat at them)."""
+    from daemon.status.model import ErrorInfo
+    from daemon.vocab import DaemonStatus
+
+    clock = FakeClock()
+    p = _progress({"embedding": 1.0, "faces": 1.0, "clustering": 1.0}, clock)
+    _begin(p, 10)
+    p.set_run(RunPlan(batch_ids=[1]))
+    p.phase_started("embedding")
+    clock.tick(5.0)
+    p.advance("embedding", 10)
+    p.phase_finished("embedding", PhaseState.COMPLETED)
+    p.phase_started("faces")
+    clock.tick(2.0)
+    p.advance("faces", 3)
+    working = p.snapshot()
+    assert working.overall_progress.eta_seconds and working.phases.faces.eta_seconds
+
+    if blocked == "error":
+        missing = ErrorInfo(code="MODEL_UNAVAILABLE", message="3 models missing", hint="import")
+        p.set_state(DaemonStatus.ERROR, "models missing", missing)
+    else:
+        p.set_state(DaemonStatus.PAUSED, "paused")
+    s = p.snapshot()
+    assert s.status == blocked
+    assert (s.overall_progress.eta_seconds, s.overall_progress.eta_at) == (None, None)
+    assert s.overall_progress.percentage == working.overall_progress.percentage
+    assert s.phases.faces.eta_seconds is None and s.phases.clustering.eta_seconds is None
+    assert s.phases.embedding.eta_seconds == 0  # done is still done
+    assert (s.current_step, s.total_steps) == (working.current_step, working.total_steps)
+
+    p.set_state(DaemonStatus.TRAINING, "back")
+    assert p.snapshot().overall_progress.eta_seconds is not None
