@@ -22,6 +22,7 @@ self-contradiction (tests/helpers.py).
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from datetime import datetime
@@ -150,7 +151,9 @@ def run(ctx: Context) -> list[Row]:
                 3600,
                 f"the {name} run to finish",
             )
-            result = measure(name, daemon.watcher.since(t))
+            seen = daemon.watcher.since(t)
+            _save_trace(ctx.work / f"eta-{name}.jsonl", seen)
+            result = measure(name, seen)
             results.append(result)
             ctx.log(
                 f"eta {name}: {result.photos} photos of {a.width}x{a.height} and"
@@ -161,6 +164,14 @@ def run(ctx: Context) -> list[Row]:
     finally:
         daemon.stop()
     return [row for r in results for row in _rows(r, sets[r.name])]
+
+
+def _save_trace(path: Path, seen: list[Seen]) -> None:
+    """Every snapshot of the run, one JSON line each, for looking into a result
+    (kept with `--keep`)."""
+    with path.open("w") as f:
+        for s in seen:
+            f.write(json.dumps({"at": s.at, "status": s.status}) + "\n")
 
 
 def _fmt_errors(errors: dict[int, float | None]) -> str:
