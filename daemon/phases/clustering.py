@@ -70,6 +70,12 @@ class ClusteringPhase:
         self.params = Params.from_config(ctx.config.clustering)
         self.rejection_threshold = ctx.config.clustering.rejection_threshold
         backfill(ctx.ledger, ctx.store)  # once per library: image metadata older versions lacked
+        # hdbscan and scikit-learn take about a second to import: paid here, while the
+        # models load, and not inside the first batch that forms new groups, whose
+        # clustering the ETA expects (and learns) to take milliseconds.
+        import hdbscan  # noqa: F401
+        import sklearn.decomposition  # noqa: F401
+
         if self.pool is None or self.pool.pool_max != ctx.config.clustering.pool_max:
             self.pool = PoolCache(ctx.config.clustering.pool_max)
 
